@@ -1,0 +1,185 @@
+"""Command line: ``gbmseg <command> ...``. Each command is a thin wrapper over one module.
+
+Errors in the user's input (:class:`GbmsegError`) are printed as one line naming the file and the
+problem, with exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from .errors import GbmsegError
+
+
+def _cases(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def _dataset(args):
+    from .dataset import Dataset
+
+    return Dataset(args.dataset, work=args.work)
+
+
+def _split(cases: list[str], seed: int, val_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """Default split when none is given: a seeded shuffle, ``val_fraction`` (at least one case) for validation."""
+    shuffled = sorted(cases)
+    random.Random(seed).shuffle(shuffled)
+    n_val = max(1, round(len(shuffled) * val_fraction))
+    if len(shuffled) < 2:
+        raise GbmsegError("need at least two cases (one to train, one to validate)")
+    return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_masks(args) -> None:
+    from .masks import make_dataset_masks
+
+    ds = _dataset(args)
+    params = json.loads(args.params) if args.params else None
+    rec = make_dataset_masks(ds, args.method, params, workers=args.workers, overwrite=args.overwrite)
+    print(f"masks ({rec['method']}) written to {ds.mask_dir}")
+
+
+def cmd_preprocess(args) -> None:
+    from .config import load_config
+    from .preprocessing import preprocess_dataset
+
+    ds = _dataset(args)
+    cfg = load_config(args.preset, args.set)
+    out = preprocess_dataset(ds, cfg, workers=args.workers)
+    print(f"preprocessed {len(ds.cases)} cases into {out}")
+
+
+def cmd_train(args) -> None:
+    from .config import channels_for_mode, load_config
+    from .preprocessing import preprocess_dataset
+    from .training import train
+
+    ds = _dataset(args)
+    channels_for_mode(args.mode)
+    cfg = load_config(args.preset, args.set)
+    train_cases, val_cases = _cases(args.train), _cases(args.val)
+    if train_cases is None or val_cases is None:
+        default_train, default_val = _split(ds.cases, args.seed)
+        val_cases = val_cases or [c for c in default_val if c not in (train_cases or [])]
+        train_cases = train_cases or [c for c in ds.cases if c not in val_cases]
+    ds.check_cases(train_cases, "training case")
+    ds.check_cases(val_cases, "validation case")
+    cache = preprocess_dataset(ds, cfg, workers=args.workers)
+    result = train(cache, args.mode, train_cases, val_cases, cfg, args.output, seed=args.seed, device=args.device)
+    print(json.dumps(result, indent=2))
+    print(f"model written to {args.output}")
+
+
+def cmd_predict(args) -> None:
+    from .inference import load_model, predict_file, predict_folder
+
+    model = load_model(args.model, device=args.device)
+    src = Path(args.input)
+    if src.is_dir() and not _is_dicom_dir(src):
+        out = predict_folder(model, src, args.output, mask_dir=args.mask, overwrite=args.overwrite)
+        print(f"{len(out)} segmentations in {args.output}")
+    else:
+        print(f"wrote {predict_file(model, src, args.output, args.mask)}")
+
+
+def _is_dicom_dir(path: Path) -> bool:
+    import SimpleITK as sitk
+
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluation import evaluate_folder, evaluate_masks, summarize
+
+    if args.masks:
+        df = evaluate_masks(args.pred, args.ref, out_csv=args.output)
+        print(df.describe().loc[["mean", "std"]].to_string())
+        return
+    labels = None
+    if args.labels:
+        labels = json.loads(Path(args.labels).read_text())["labels"]
+    df = evaluate_folder(args.pred, args.ref, labels=labels, out_csv=args.output)
+    print(summarize(df)[["structure", "n", "n_missing", "dice_mean", "dice_sd", "com_mm_mean", "hd95_mm_mean"]]
+          .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.output:
+        print(f"metrics written to {args.output}")
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gbmseg", description="3D organ segmentation with global binary masks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def dataset_cmd(name: str, help: str):
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("dataset", help="dataset folder (nnU-Net v2 raw layout or MSD dataset.json)")
+        s.add_argument("--work", help="folder for masks and cache (default: the dataset folder)")
+        s.add_argument("--workers", type=int, default=1, help="parallel processes over cases")
+        return s
+
+    def config_args(s):
+        s.add_argument("--preset", default="fast", help="paper, fast, demo, or a JSON file (default fast)")
+        s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a preset value, e.g. --set training.lr=3e-4 (repeatable)")
+
+    s = dataset_cmd("masks", "Make global binary masks -> WORK/masksTr/<case>.nii.gz")
+    s.add_argument("--method", default="auto", help="auto (threshold for CT, otsu for MR), threshold, otsu, labels")
+    s.add_argument("--params", help='JSON overrides, e.g. \'{"hu": -400}\'')
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_masks)
+
+    s = dataset_cmd("preprocess", "Resample, crop around the global mask, normalise and cache every case")
+    config_args(s)
+    s.set_defaults(func=cmd_preprocess)
+
+    s = dataset_cmd("train", "Train a U-Net in one input mode")
+    config_args(s)
+    s.add_argument("--mode", required=True, help="image, mask or image+mask")
+    s.add_argument("--train", help="comma-separated training cases (default: 80%% of the cases)")
+    s.add_argument("--val", help="comma-separated validation cases (default: the other 20%%)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    s.add_argument("-o", "--output", required=True, help="run directory")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="Segment an image, a DICOM folder, or a folder of images")
+    s.add_argument("-m", "--model", required=True, help="run directory of a trained model")
+    s.add_argument("-i", "--input", required=True, help="image file, DICOM series folder, or folder of images")
+    s.add_argument("-o", "--output", required=True, help="output file (or folder in folder mode)")
+    s.add_argument("--mask", help="ready global mask (file, or folder of <case>.nii.gz in folder mode)")
+    s.add_argument("--device")
+    s.add_argument("--overwrite", action="store_true", help="folder mode: redo existing outputs")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("evaluate", help="Dice, centre-of-mass distance, HD95, ASD per case and structure")
+    s.add_argument("--pred", required=True, help="folder of predicted <case>.nii.gz")
+    s.add_argument("--ref", required=True, help="folder of reference labels (e.g. DATASET/labelsTr)")
+    s.add_argument("--labels", help="dataset.json naming the labels (default: the one beside --ref)")
+    s.add_argument("--masks", action="store_true", help="score global masks against the union of labels")
+    s.add_argument("-o", "--output", help="CSV to write (a _summary.csv is written beside it)")
+    s.set_defaults(func=cmd_evaluate)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except GbmsegError as exc:
+        print(f"gbmseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gbmseg {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Datasets on disk: nnU-Net v2 raw layout and Medical Segmentation Decathlon (MSD) layout.
+
+nnU-Net v2::
+
+    DATASET/dataset.json          {"channel_names": {"0": "CT"}, "labels": {"background": 0, ...},
+                                   "file_ending": ".nii.gz", ...}
+    DATASET/imagesTr/<case>_0000.nii.gz
+    DATASET/labelsTr/<case>.nii.gz
+
+MSD: ``dataset.json`` holds ``"modality"``, ``"labels"`` (value -> name) and a ``"training"`` list of
+``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}``.
+
+Global masks made by ``gbmseg masks`` live in ``WORK/masksTr/<case>.nii.gz``; ``WORK`` is the
+dataset folder unless another working folder is given (the dataset may be read-only).
+
+Example:
+    >>> ds = Dataset("Dataset001_Head")                    # doctest: +SKIP
+    >>> ds.validate()                                      # doctest: +SKIP
+    >>> ds.cases[:2], ds.labels                            # doctest: +SKIP
+    (['head_001', 'head_002'], {'brainstem': 1, 'eye_left': 2, 'eye_right': 3})
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from .errors import GbmsegError
+from .io import read_image, same_geometry, to_array
+
+CT_NAMES = {"ct", "cta", "cect"}
+
+
+@dataclass
+class Dataset:
+    """A labelled dataset folder, read from its ``dataset.json``.
+
+    Attributes:
+        root: dataset folder.
+        work: folder where derived data (masks, preprocessed cache) are written.
+        labels: structure name -> label value, background excluded.
+        channels: channel names in order (e.g. ``["CT"]``).
+        file_ending: image file ending, e.g. ``".nii.gz"``.
+        cases: case identifiers, sorted.
+    """
+
+    root: Path
+    work: Path | None = None
+    labels: dict[str, int] = field(init=False)
+    channels: list[str] = field(init=False)
+    file_ending: str = field(init=False)
+    cases: list[str] = field(init=False)
+    name: str = field(init=False)
+    _images: dict[str, list[Path]] = field(init=False, repr=False)
+    _labels: dict[str, Path] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.work = Path(self.work) if self.work is not None else self.root
+        meta_path = self.root / "dataset.json"
+        if not meta_path.is_file():
+            raise GbmsegError(f"{meta_path}: not found (a dataset folder needs a dataset.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise GbmsegError(f"{meta_path}: invalid JSON ({exc})") from None
+        self.name = str(meta.get("name", self.root.name))
+        if "training" in meta:
+            self._read_msd(meta, meta_path)
+        else:
+            self._read_nnunet(meta, meta_path)
+        self.cases = sorted(self._labels)
+        if not self.cases:
+            raise GbmsegError(f"{self.root}: no training cases found")
+
+    # -- layouts -----------------------------------------------------------------------------
+    def _read_nnunet(self, meta: dict, meta_path: Path) -> None:
+        for key in ("channel_names", "labels", "file_ending"):
+            if key not in meta:
+                raise GbmsegError(f"{meta_path}: missing key '{key}'")
+        names = meta["channel_names"]
+        self.channels = [names[k] for k in sorted(names, key=int)]
+        self.labels = _labels_from_name_map(meta["labels"], meta_path)
+        self.file_ending = meta["file_ending"]
+        label_dir = self.root / "labelsTr"
+        image_dir = self.root / "imagesTr"
+        if not label_dir.is_dir():
+            raise GbmsegError(f"{label_dir}: folder not found")
+        if not image_dir.is_dir():
+            raise GbmsegError(f"{image_dir}: folder not found")
+        self._labels, self._images = {}, {}
+        for path in sorted(label_dir.glob("*" + self.file_ending)):
+            case = path.name[: -len(self.file_ending)]
+            self._labels[case] = path
+            self._images[case] = [
+                image_dir / f"{case}_{c:04d}{self.file_ending}" for c in range(len(self.channels))
+            ]
+
+    def _read_msd(self, meta: dict, meta_path: Path) -> None:
+        modality = meta.get("modality", {"0": "CT"})
+        self.channels = [modality[k] for k in sorted(modality, key=int)]
+        raw = meta.get("labels", {})
+        if raw and all(str(k).lstrip("-").isdigit() for k in raw):  # MSD: value -> name
+            raw = {name: int(value) for value, name in raw.items()}
+        self.labels = _labels_from_name_map(raw, meta_path)
+        self.file_ending = ".nii.gz"
+        self._labels, self._images = {}, {}
+        for entry in meta["training"]:
+            image = (self.root / entry["image"]).resolve()
+            label = (self.root / entry["label"]).resolve()
+            case = label.name.split(".")[0]
+            self._labels[case] = label
+            # MSD images are 4D when multi-channel; gbmseg supports single-channel MSD sets.
+            self._images[case] = [image]
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def modality(self) -> str:
+        """``"CT"`` when the first channel is CT-like, else ``"MR"`` (any non-CT intensity scale)."""
+        return "CT" if self.channels[0].strip().lower() in CT_NAMES else "MR"
+
+    def image_paths(self, case: str) -> list[Path]:
+        return self._images[case]
+
+    def image_path(self, case: str) -> Path:
+        """Path of the first (or only) channel of ``case``."""
+        return self._images[case][0]
+
+    def label_path(self, case: str) -> Path:
+        return self._labels[case]
+
+    @property
+    def mask_dir(self) -> Path:
+        return self.work / "masksTr"
+
+    def mask_path(self, case: str) -> Path:
+        return self.mask_dir / f"{case}.nii.gz"
+
+    def check_cases(self, cases: list[str], what: str = "case") -> list[str]:
+        """Return ``cases`` after checking that each exists in the dataset."""
+        unknown = [c for c in cases if c not in self._labels]
+        if unknown:
+            raise GbmsegError(
+                f"{self.root}: unknown {what} id(s) {', '.join(unknown)}; "
+                f"known: {', '.join(self.cases[:5])}{' ...' if len(self.cases) > 5 else ''}"
+            )
+        return cases
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, cases: list[str] | None = None, progress: bool = True) -> None:
+        """Check every case up front; raise :class:`GbmsegError` naming the first bad file.
+
+        Checks: image and label exist and are readable, every channel present, same shape and
+        geometry (tolerance 1e-3) as the label, integer label values declared in dataset.json,
+        no NaN in images, label not empty.
+        """
+        cases = self.check_cases(cases or self.cases)
+        for case in tqdm(cases, desc="validate", disable=not progress, leave=False):
+            self.validate_case(case)
+
+    def validate_case(self, case: str) -> None:
+        label_path = self.label_path(case)
+        for path in self.image_paths(case):
+            if not path.exists():
+                raise GbmsegError(f"{path}: image (channel {path.name}) missing for case '{case}'")
+        label = read_image(label_path)
+        check_label(label, label_path, set(self.labels.values()))
+        for path in self.image_paths(case):
+            image = read_image(path)
+            problem = same_geometry(image, label)
+            if problem:
+                raise GbmsegError(f"{path}: geometry does not match {label_path.name}: {problem}")
+            check_image(image, path)
+
+
+def check_image(image: sitk.Image, path: Path) -> None:
+    """Raise if ``image`` holds NaN/inf or is not a numeric scalar image."""
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = to_array(image)
+        if not np.isfinite(arr).all():
+            raise GbmsegError(f"{path}: image contains NaN or infinite values")
+
+
+def check_label(label: sitk.Image, path: Path, allowed: set[int]) -> None:
+    """Raise if ``label`` is not integer-valued, has undeclared values, or is empty."""
+    arr = to_array(label)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise GbmsegError(f"{path}: label map contains NaN or infinite values")
+        if not np.all(arr == np.round(arr)):
+            raise GbmsegError(f"{path}: label map has non-integer values (dtype {arr.dtype})")
+    elif arr.dtype.kind not in "iub":
+        raise GbmsegError(f"{path}: label map has unsupported dtype {arr.dtype}")
+    values = set(np.unique(arr).astype(int).tolist())
+    undeclared = values - allowed - {0}
+    if undeclared:
+        raise GbmsegError(
+            f"{path}: label values {sorted(undeclared)} are not declared in dataset.json "
+            f"(declared: {sorted(allowed)})"
+        )
+    if values <= {0}:
+        raise GbmsegError(f"{path}: label map is empty (only background)")
+
+
+def _labels_from_name_map(raw: dict, meta_path: Path) -> dict[str, int]:
+    labels = {}
+    for name, value in raw.items():
+        if isinstance(value, (list, tuple)):  # nnU-Net region-based labels
+            raise GbmsegError(f"{meta_path}: region-based label '{name}' is not supported")
+        try:
+            labels[str(name)] = int(value)
+        except (TypeError, ValueError):
+            raise GbmsegError(f"{meta_path}: label '{name}' has non-integer value {value!r}") from None
+    labels = {k: v for k, v in labels.items() if v != 0}
+    if not labels:
+        raise GbmsegError(f"{meta_path}: 'labels' declares no structure besides background")
+    return dict(sorted(labels.items(), key=lambda kv: kv[1]))

@@ -1,0 +1,137 @@
+"""Reading and writing images: anything SimpleITK reads, DICOM series folders, atomic writes.
+
+All geometry in gbmseg is SimpleITK geometry (origin, spacing, direction in LPS world
+coordinates, millimetres). Arrays obtained with :func:`to_array` are indexed ``[z, y, x]``.
+
+Example:
+    >>> img = read_image("case_0000.nii.gz")            # doctest: +SKIP
+    >>> write_image(img, "out/copy.nii.gz")              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import GbmsegError
+
+PathLike = str | os.PathLike
+
+
+def read_image(path: PathLike) -> sitk.Image:
+    """Read a 3D image from a file (NIfTI, NRRD, MHA, ...) or a DICOM series folder.
+
+    Raises:
+        GbmsegError: the file is missing, unreadable, not 3D, or has several components.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise GbmsegError(f"{path}: file not found")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise GbmsegError(f"{path}: folder holds no DICOM series")
+            if len(series) > 1:
+                raise GbmsegError(f"{path}: folder holds {len(series)} DICOM series; give one")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+            if path.name.endswith((".nii", ".nii.gz")):
+                _check_nifti_finite(path)
+    except RuntimeError as exc:  # SimpleITK's error for unreadable files
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise GbmsegError(f"{path}: cannot read image ({first})") from None
+    if image.GetDimension() != 3:
+        raise GbmsegError(f"{path}: expected a 3D image, got {image.GetDimension()}D")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise GbmsegError(
+            f"{path}: expected one channel per file, got {image.GetNumberOfComponentsPerPixel()}"
+        )
+    return image
+
+
+def _check_nifti_finite(path: Path) -> None:
+    """ITK's NIfTI reader silently turns NaN into 0, so float NIfTI files are checked with nibabel."""
+    import nibabel
+
+    img = nibabel.load(str(path))
+    if img.get_data_dtype().kind == "f" and not np.isfinite(np.asanyarray(img.dataobj)).all():
+        raise GbmsegError(f"{path}: image contains NaN or infinite values")
+
+
+def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
+    """Write ``image`` to ``path`` atomically: a temporary file in the same folder, then rename.
+
+    A crash or an error never leaves a half-written file at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".nii.gz"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, compress)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_text(text: str, path: PathLike) -> Path:
+    """Write a text file atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def to_array(image: sitk.Image) -> np.ndarray:
+    """Voxel array of ``image``, indexed ``[z, y, x]`` (a copy)."""
+    return sitk.GetArrayFromImage(image)
+
+
+def from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Image with voxel values ``array`` (``[z, y, x]``) and the geometry of ``reference``."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> str | None:
+    """``None`` when ``a`` and ``b`` share size, spacing, origin and direction, else what differs.
+
+    Spacing and direction are compared relatively (``tol``), the origin in millimetres
+    (``tol`` times the largest spacing, at least 1e-3 mm).
+    """
+    if a.GetSize() != b.GetSize():
+        return f"shape {a.GetSize()} != {b.GetSize()}"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tol, atol=0):
+        return f"spacing {fmt(a.GetSpacing())} != {fmt(b.GetSpacing())}"
+    if not np.allclose(a.GetDirection(), b.GetDirection(), atol=tol):
+        return "direction cosines differ"
+    origin_tol = max(1e-3, tol * max(a.GetSpacing()))
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), atol=origin_tol, rtol=0):
+        return f"origin {fmt(a.GetOrigin())} != {fmt(b.GetOrigin())}"
+    return None
+
+
+def fmt(values) -> str:
+    """Short text for a tuple of floats, for error messages."""
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

@@ -1,0 +1,158 @@
+"""Global binary masks: where the whole anatomy (head, heart) is and how big it is.
+
+Methods:
+    ``threshold``  CT: HU above a threshold, morphological opening, largest connected
+                   component, holes filled (3D, then slice by slice).
+    ``otsu``       MR (any intensity scale): Otsu threshold, then as ``threshold``.
+    ``labels``     union of all labelled structures (closed and filled). Uses the ground truth, so
+                   it can only make *training* masks (e.g. for a whole-organ mask model, or an upper
+                   bound); a model whose masks came from labels needs masks given at prediction.
+    ``auto``       ``threshold`` for CT datasets, ``otsu`` otherwise.
+
+Methods that run at prediction time (``threshold``, ``otsu``) see only the image.
+
+Example:
+    >>> mask = make_mask(read_image("ct.nii.gz"), "threshold")       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from tqdm import tqdm
+
+from .dataset import Dataset
+from .errors import GbmsegError
+from .io import from_array, read_image, to_array, write_image, write_text
+
+METHODS = ("threshold", "otsu", "labels")
+IMAGE_METHODS = ("threshold", "otsu")  # methods that need no ground truth
+DEFAULTS = {"threshold": {"hu": -300.0, "opening_vox": 1}, "otsu": {"opening_vox": 1}, "labels": {}}
+
+
+def resolve_method(method: str, modality: str) -> str:
+    """Turn ``auto`` into the method for ``modality``; check the name."""
+    if method == "auto":
+        return "threshold" if modality == "CT" else "otsu"
+    if method not in METHODS:
+        raise GbmsegError(f"unknown mask method '{method}' (choose from auto, {', '.join(METHODS)})")
+    return method
+
+
+def make_mask(image: sitk.Image, method: str, params: dict | None = None, label: sitk.Image | None = None) -> sitk.Image:
+    """Global binary mask (uint8, 0/1) of ``image``, with the image's geometry.
+
+    Args:
+        image: the scan.
+        method: ``threshold``, ``otsu`` or ``labels``.
+        params: overrides of :data:`DEFAULTS` (``hu``, ``opening_vox``).
+        label: the label map, required by (and only used by) the ``labels`` method.
+    """
+    p = {**DEFAULTS.get(method, {}), **(params or {})}
+    if method == "labels":
+        if label is None:
+            raise GbmsegError("mask method 'labels' needs the label map (it cannot run at prediction time)")
+        fg = to_array(label) > 0
+        fg = ndimage.binary_closing(fg, iterations=2) | fg
+        return _finish(_fill(fg), label)
+    arr = to_array(image).astype(np.float32)
+    if method == "threshold":
+        fg = arr > p["hu"]
+    elif method == "otsu":
+        fg = arr > otsu_threshold(arr)
+    else:
+        raise GbmsegError(f"unknown mask method '{method}'")
+    if p["opening_vox"] > 0:
+        fg = ndimage.binary_opening(fg, iterations=int(p["opening_vox"]))
+    fg = largest_component(fg)
+    if not fg.any():
+        raise GbmsegError(f"mask method '{method}' found no foreground (threshold {p})")
+    return _finish(_fill(fg), image)
+
+
+def otsu_threshold(arr: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``arr`` (robust to outliers: histogram over the 0.1-99.9 percentiles)."""
+    lo, hi = np.percentile(arr, [0.1, 99.9])
+    hist, edges = np.histogram(np.clip(arr, lo, hi), bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def largest_component(fg: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean array (empty stays empty)."""
+    lab, n = ndimage.label(fg, structure=np.ones((3, 3, 3)))
+    if n <= 1:
+        return fg.astype(bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def _fill(fg: np.ndarray) -> np.ndarray:
+    fg = ndimage.binary_fill_holes(fg)
+    for z in range(fg.shape[0]):  # cavities open to the outside in 3D (airways) are closed per slice
+        fg[z] = ndimage.binary_fill_holes(fg[z])
+    return fg
+
+
+def _finish(fg: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    return from_array(fg.astype(np.uint8), reference)
+
+
+# -- datasets ---------------------------------------------------------------------------------
+def _one_case(args: tuple) -> str:
+    image_path, label_path, out_path, method, params = args
+    image = read_image(image_path)
+    label = read_image(label_path) if method == "labels" else None
+    write_image(make_mask(image, method, params, label), out_path)
+    return str(out_path)
+
+
+def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | None = None,
+                       workers: int = 1, overwrite: bool = False, progress: bool = True) -> dict:
+    """Write ``WORK/masksTr/<case>.nii.gz`` for every case and ``masksTr/masks.json``.
+
+    ``masks.json`` records the method and parameters; preprocessing and trained models carry it
+    so that prediction can make masks the same way. Returns that record.
+    """
+    method = resolve_method(method, dataset.modality)
+    record = {"method": method, "params": {**DEFAULTS[method], **(params or {})},
+              "modality": dataset.modality}
+    out_dir = dataset.mask_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GbmsegError(f"{out_dir}: cannot create mask folder ({exc.strerror}); pass --work DIR") from None
+    meta_path = out_dir / "masks.json"
+    if meta_path.exists() and not overwrite:
+        old = json.loads(meta_path.read_text())
+        if old.get("method") != method or old.get("params") != record["params"]:
+            overwrite = True  # different method: make every mask again
+    jobs = [(dataset.image_path(c), dataset.label_path(c), dataset.mask_path(c), method, record["params"])
+            for c in dataset.cases if overwrite or not dataset.mask_path(c).exists()]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(tqdm(pool.map(_one_case, jobs), total=len(jobs), desc=f"masks ({method})", disable=not progress))
+    else:
+        for job in tqdm(jobs, desc=f"masks ({method})", disable=not progress):
+            _one_case(job)
+    write_text(json.dumps(record, indent=2), meta_path)
+    return record
+
+
+def read_mask_record(dataset: Dataset) -> dict:
+    """The ``masks.json`` written by :func:`make_dataset_masks`, or a clear error if masks are missing."""
+    path = dataset.mask_dir / "masks.json"
+    if not path.exists():
+        raise GbmsegError(f"{path}: no global masks yet; run 'gbmseg masks {dataset.root}' first")
+    return json.loads(path.read_text())

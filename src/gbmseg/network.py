@@ -1,0 +1,90 @@
+"""The paper's 3D U-Net, written out so that every layer is visible.
+
+Encoder: ``depth`` blocks, each followed by 2x max-pooling; a bottleneck block; decoder: ``depth``
+transposed-convolution upsamplings, each concatenated with the encoder's skip and followed by a
+block. Channels start at ``base_channels`` and double at every level. A block is two 3x3x3
+convolutions, each followed by normalisation and the activation (sigmoid in the paper), then 3D
+spatial dropout (channel dropout). A 1x1x1 convolution gives one logit per class.
+
+Example:
+    >>> import torch
+    >>> net = UNet3D(in_channels=2, n_classes=4, depth=2, base_channels=4)
+    >>> net(torch.zeros(1, 2, 16, 16, 16)).shape
+    torch.Size([1, 4, 16, 16, 16])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01)}
+NORMS = {"batch": nn.BatchNorm3d, "instance": lambda c: nn.InstanceNorm3d(c, affine=True),
+         "none": lambda c: nn.Identity()}
+
+
+class ConvBlock(nn.Sequential):
+    """(conv 3x3x3 -> norm -> activation) x 2 -> spatial dropout."""
+
+    def __init__(self, cin: int, cout: int, activation: str, norm: str, dropout: float):
+        layers: list[nn.Module] = []
+        for c in (cin, cout):
+            layers += [nn.Conv3d(c, cout, 3, padding=1, bias=norm == "none"), NORMS[norm](cout),
+                       ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout3d(dropout))
+        super().__init__(*layers)
+
+
+class UNet3D(nn.Module):
+    """3D U-Net returning per-class logits ``(B, n_classes, Z, Y, X)``.
+
+    Args:
+        in_channels: 1 (``image`` or ``mask`` mode) or 2 (``image+mask``).
+        n_classes: structures + background.
+        depth: number of poolings (the paper: 4). Input sizes must be divisible by ``2**depth``.
+        base_channels: channels of the first level (the paper: 32), doubled per level.
+        activation: ``sigmoid`` (paper), ``relu`` or ``leakyrelu``.
+        norm: ``batch`` (paper), ``instance`` or ``none``.
+        dropout: spatial dropout rate after each block (paper: 0.2).
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, depth: int = 4, base_channels: int = 32,
+                 activation: str = "sigmoid", norm: str = "batch", dropout: float = 0.2):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}")
+        ch = [base_channels * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.encoder = nn.ModuleList()
+        cin = in_channels
+        for c in ch[:-1]:
+            self.encoder.append(ConvBlock(cin, c, activation, norm, dropout))
+            cin = c
+        self.pool = nn.MaxPool3d(2)
+        self.bottleneck = ConvBlock(ch[-2], ch[-1], activation, norm, dropout)
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for i in reversed(range(depth)):
+            self.up.append(nn.ConvTranspose3d(ch[i + 1], ch[i], kernel_size=2, stride=2))
+            self.decoder.append(ConvBlock(2 * ch[i], ch[i], activation, norm, dropout))
+        self.head = nn.Conv3d(ch[0], n_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+def build_network(net_cfg: dict, in_channels: int, n_classes: int) -> UNet3D:
+    """The U-Net described by a config's ``network`` section."""
+    return UNet3D(in_channels, n_classes, depth=net_cfg["depth"], base_channels=net_cfg["base_channels"],
+                  activation=net_cfg["activation"], norm=net_cfg["norm"], dropout=net_cfg["dropout"])
