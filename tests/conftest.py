@@ -28,8 +28,8 @@ def toy_case(seed: int, size: int = 40, spacing: float = 4.0, direction=None) ->
     label = np.zeros((size,) * 3, np.uint8)
     for value, offset in ((1, (0.45, 0.0, 0.45)), (2, (-0.45, 0.3, -0.4))):
         c = centre + np.array(offset) * radii
-        r = 0.28 * radii.mean()
-        label[((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= r**2] = value
+        r = 0.35 * radii.mean()
+        label[(((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= r**2) & body] = value
     hu = np.where(body, 40.0, -1000.0) + np.where(label > 0, 15.0, 0.0) + rng.normal(0, 10, body.shape)
     image = sitk.GetImageFromArray(hu.astype(np.int16))
     image.SetSpacing((spacing,) * 3)
@@ -56,9 +56,9 @@ def write_toy_dataset(root: Path, n: int = 6, seed: int = 0, size: int = 40) -> 
 
 
 def tiny_config(**training) -> dict:
-    """The fast preset shrunk to seconds: 4 mm, 32^3, a 2-level U-Net with 8 base channels, ReLU."""
+    """The fast preset shrunk to seconds: 4 mm, 32^3, a 3-level U-Net with 8 base channels, ReLU."""
     cfg = load_config("fast", ["preprocessing.spacing=[4,4,4]", "preprocessing.size=[32,32,32]",
-                               "network.depth=2", "network.base_channels=8", "network.activation=relu",
+                               "network.depth=3", "network.base_channels=8", "network.activation=relu",
                                "network.dropout=0.0", "training.lr=0.003", "training.val_interval=10",
                                "training.max_iterations=30", "training.patience=100"])
     cfg["name"] = "tiny"
