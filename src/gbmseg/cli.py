@@ -111,6 +111,52 @@ def cmd_evaluate(args) -> None:
         print(f"metrics written to {args.output}")
 
 
+def cmd_phantoms(args) -> None:
+    from .phantoms import write_phantom_dataset
+
+    out = write_phantom_dataset(args.output, kind=args.kind, n=args.n, modality=args.modality, seed=args.seed,
+                                spacing=args.spacing, size=args.size, workers=args.workers)
+    print(f"{args.n} {args.kind} {args.modality} phantoms written to {out}")
+
+
+def cmd_sweep(args) -> None:
+    from .report import make_report
+    from .sweep import plan_sweep, run_sweep
+
+    ds = _dataset(args)
+    if not ds.mask_dir.joinpath("masks.json").exists():
+        from .masks import make_dataset_masks
+
+        make_dataset_masks(ds, args.mask_method, workers=args.workers)
+    sweep_dir = plan_sweep(ds, args.output, modes=args.modes.split(","), sizes=[int(n) for n in args.sizes.split(",")],
+                           seeds=list(range(args.seeds)), preset=args.preset, overrides=args.set,
+                           val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                           val=_cases(args.val), test=_cases(args.test))
+    if args.plan_only:
+        print(f"jobs written to {sweep_dir / 'runs'}; run each with 'gbmseg job JOB_DIR'")
+        return
+    run_sweep(sweep_dir, device=args.device, workers=args.workers)
+    print(f"report: {make_report(sweep_dir)}")
+
+
+def cmd_job(args) -> None:
+    from .sweep import run_job
+
+    print(json.dumps(run_job(args.job_dir, device=args.device), indent=2))
+
+
+def cmd_report(args) -> None:
+    from .report import make_report
+
+    print(f"report: {make_report(args.sweep_dir, args.output)}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    print(f"report: {run_demo(args.output, device=args.device)}")
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gbmseg", description="3D organ segmentation with global binary masks.")
@@ -165,6 +211,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="CSV to write (a _summary.csv is written beside it)")
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("phantoms", help="Write procedural head or heart phantoms as an nnU-Net dataset")
+    s.add_argument("--kind", default="head", choices=["head", "heart"])
+    s.add_argument("--n", type=int, default=20, help="number of cases")
+    s.add_argument("--modality", default="CT", choices=["CT", "MR"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm")
+    s.add_argument("--size", type=int, default=96, help="voxels per axis")
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("-o", "--output", required=True, help="dataset folder to write")
+    s.set_defaults(func=cmd_phantoms)
+
+    s = dataset_cmd("sweep", "The paper's experiment: modes x training-set sizes x seeds, then a report")
+    config_args(s)
+    s.add_argument("--modes", default="image,mask,image+mask")
+    s.add_argument("--sizes", default="1,2,4,8,16,26", help="training-set sizes (capped at what the dataset has)")
+    s.add_argument("--seeds", type=int, default=3, help="number of seeds (training subsets and initialisations)")
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--test-fraction", type=float, default=0.2)
+    s.add_argument("--val", help="explicit validation cases (with --test)")
+    s.add_argument("--test", help="explicit test cases (with --val)")
+    s.add_argument("--mask-method", default="auto", help="used when the dataset has no masks yet")
+    s.add_argument("--plan-only", action="store_true", help="write the job folders and stop (for a cluster)")
+    s.add_argument("--device")
+    s.add_argument("-o", "--output", required=True, help="sweep folder")
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("job", help="Run one job folder of a sweep (what a cluster node runs)")
+    s.add_argument("job_dir")
+    s.add_argument("--device")
+    s.set_defaults(func=cmd_job)
+
+    s = sub.add_parser("report", help="Tables, figures and statistics of a sweep (HTML + Markdown + CSV)")
+    s.add_argument("sweep_dir")
+    s.add_argument("-o", "--output", help="report folder (default SWEEP/report)")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("demo", help="Phantoms -> reduced sweep (3 modes) -> report, in minutes on a CPU")
+    s.add_argument("-o", "--output", default="gbmseg_demo", help="demo folder (default ./gbmseg_demo)")
+    s.add_argument("--device")
+    s.set_defaults(func=cmd_demo)
     return p
 
 

@@ -1,0 +1,184 @@
+"""The paper's experiment: input modes x training-set sizes x seeds, on one fixed val/test split.
+
+A sweep folder::
+
+    sweep.json                   dataset, labels, modes, sizes, seeds, split, resolved config, masks
+    runs/<mode>_n<NN>_seed<S>/   one independent, self-describing job
+        job.json                 everything needed to run it (dataset, work folder, cases, config)
+        train/                   the training run (see :mod:`gbmseg.training`)
+        predictions/<case>.nii.gz  test-set predictions in the images' own geometry
+        metrics.csv              evaluation rows (+ job, mode, n_train, seed)
+        done.json                written last: the job is finished
+    report/                      written by :mod:`gbmseg.report`
+
+Training subsets are nested per seed: the seed's permutation of the training pool, first N cases,
+so the N=2 set contains the N=1 set. Finished jobs are skipped on restart; an interrupted job
+resumes from its last checkpoint and keeps the predictions already written. ``run_job`` needs
+only the job folder, so the job list can be handed to a cluster scheduler as it is.
+
+Example:
+    >>> sweep_dir = plan_sweep(Dataset("Dataset001"), "sweeps/head", sizes=[1, 2, 4])  # doctest: +SKIP
+    >>> run_sweep(sweep_dir)                                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from .config import MODES, load_config
+from .dataset import Dataset
+from .errors import GbmsegError
+from .evaluation import evaluate_folder
+from .inference import load_model, predict_file
+from .io import write_text
+from .masks import read_mask_record
+from .preprocessing import cache_dir, preprocess_dataset
+from .training import train
+
+
+def split_cases(cases: list[str], n_val: int, n_test: int, seed: int = 0) -> dict:
+    """Fixed split: ``n_val`` validation and ``n_test`` test cases drawn with ``seed``; the rest is the pool."""
+    if n_val < 1 or n_test < 1 or n_val + n_test >= len(cases):
+        raise GbmsegError(f"cannot split {len(cases)} cases into {n_val} validation, {n_test} test "
+                          "and at least one training case")
+    order = sorted(cases)
+    random.Random(seed).shuffle(order)
+    return {"val": sorted(order[:n_val]), "test": sorted(order[n_val:n_val + n_test]),
+            "pool": sorted(order[n_val + n_test:])}
+
+
+def training_subset(pool: list[str], n: int, seed: int) -> list[str]:
+    """The first ``n`` cases of the seed's permutation of ``pool`` (nested across n)."""
+    order = sorted(pool)
+    random.Random(1000 + seed).shuffle(order)
+    return order[:n]
+
+
+def job_id(mode: str, n: int, seed: int) -> str:
+    return f"{mode}_n{n:02d}_seed{seed}"
+
+
+def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = None,
+               sizes: list[int] | None = None, seeds: list[int] | None = None, preset: str = "fast",
+               overrides: list[str] | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
+               val: list[str] | None = None, test: list[str] | None = None, split_seed: int = 0) -> Path:
+    """Write ``sweep.json`` and one ``job.json`` per run. Re-planning an existing sweep must agree with it."""
+    out = Path(out_dir)
+    modes = modes or list(MODES)
+    for m in modes:
+        if m not in MODES:
+            raise GbmsegError(f"unknown mode '{m}' (choose from {', '.join(MODES)})")
+    seeds = seeds if seeds is not None else [0]
+    config = load_config(preset, overrides)
+    cases = dataset.cases
+    if val or test:
+        if not (val and test):
+            raise GbmsegError("give both --val and --test, or neither")
+        dataset.check_cases(val + test)
+        split = {"val": sorted(val), "test": sorted(test),
+                 "pool": sorted(c for c in cases if c not in set(val) | set(test))}
+    else:
+        n_val = max(1, round(len(cases) * val_fraction))
+        n_test = max(1, round(len(cases) * test_fraction))
+        split = split_cases(cases, n_val, n_test, split_seed)
+    pool = split["pool"]
+    if not pool:
+        raise GbmsegError("no case left for training after the validation/test split")
+    requested = sizes or [1, 2, 4, 8, 16, 26]
+    capped = sorted({min(n, len(pool)) for n in requested if n >= 1})
+    sweep = {"dataset": str(dataset.root.resolve()), "work": str(dataset.work.resolve()), "name": dataset.name,
+             "labels": dataset.labels, "modality": dataset.modality, "modes": modes, "sizes": capped,
+             "requested_sizes": requested, "seeds": seeds, "preset": preset, "config": config,
+             "split": split, "masks": read_mask_record(dataset),
+             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path = out / "sweep.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        keys = ("dataset", "modes", "sizes", "seeds", "config", "split")
+        if any(old.get(k) != sweep[k] for k in keys):
+            raise GbmsegError(f"{path}: a different sweep already lives here; choose another output folder")
+        sweep["created"] = old["created"]
+    write_text(json.dumps(sweep, indent=2), path)
+    for seed in seeds:
+        for n in capped:
+            for mode in modes:
+                jid = job_id(mode, n, seed)
+                job = {"id": jid, "mode": mode, "n_train": n, "seed": seed,
+                       "train": training_subset(pool, n, seed), "val": split["val"], "test": split["test"],
+                       "dataset": sweep["dataset"], "work": sweep["work"], "config": config}
+                write_text(json.dumps(job, indent=2), out / "runs" / jid / "job.json")
+    return out
+
+
+def jobs(sweep_dir: str | Path) -> list[Path]:
+    """Job folders of a sweep in run order (seeds, then sizes, then modes)."""
+    sweep = json.loads((Path(sweep_dir) / "sweep.json").read_text())
+    return [Path(sweep_dir) / "runs" / job_id(m, n, s)
+            for s in sweep["seeds"] for n in sweep["sizes"] for m in sweep["modes"]]
+
+
+def run_job(job_dir: str | Path, device: str | None = None, progress: bool = True) -> dict:
+    """Train, predict the test cases and evaluate one job; skip what is already done."""
+    job_dir = Path(job_dir)
+    done = job_dir / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    job = json.loads((job_dir / "job.json").read_text())
+    ds = Dataset(job["dataset"], work=job["work"])
+    config = job["config"]
+    cache = cache_dir(ds, config["name"])
+    start = time.time()
+    result = train(cache, job["mode"], job["train"], job["val"], config, job_dir / "train",
+                   seed=job["seed"], device=device, progress=progress)
+    model = load_model(job_dir / "train", device=device)
+    pred_dir = job_dir / "predictions"
+    t0 = time.time()
+    for case in job["test"]:
+        out = pred_dir / f"{case}.nii.gz"
+        if not out.exists():
+            predict_file(model, ds.image_path(case), out, mask_path=ds.mask_path(case))
+    predict_s = time.time() - t0
+    df = evaluate_folder(pred_dir, ds.label_path(job["test"][0]).parent, labels=ds.labels,
+                         file_ending=".nii.gz", cases=job["test"])
+    df = df.assign(job=job["id"], mode=job["mode"], n_train=job["n_train"], seed=job["seed"])
+    write_text(df.to_csv(index=False), job_dir / "metrics.csv")
+    summary = {"id": job["id"], "mean_dice": float(df["dice"].mean()), "train": result,
+               "predict_s_per_case": predict_s / max(1, len(job["test"])),
+               "job_wall_s": time.time() - start,
+               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_text(json.dumps(summary, indent=2), done)
+    return summary
+
+
+def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1, progress: bool = True) -> pd.DataFrame:
+    """Run every unfinished job of a sweep (preprocessing first), then return all metrics."""
+    sweep_dir = Path(sweep_dir)
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    ds = Dataset(sweep["dataset"], work=sweep["work"])
+    preprocess_dataset(ds, sweep["config"], workers=workers, progress=progress)
+    todo = jobs(sweep_dir)
+    finished = sum((j / "done.json").exists() for j in todo)
+    bar = tqdm(total=len(todo), initial=finished, desc="sweep runs", unit="run", disable=not progress)
+    for job_dir in todo:
+        if (job_dir / "done.json").exists():
+            continue
+        bar.set_postfix_str(job_dir.name)
+        summary = run_job(job_dir, device=device, progress=progress)
+        bar.update(1)
+        bar.write(f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
+                  f"({summary['train']['train_time_s']:.0f} s training)")
+    bar.close()
+    return collect_metrics(sweep_dir)
+
+
+def collect_metrics(sweep_dir: str | Path) -> pd.DataFrame:
+    """All finished jobs' metrics in one table."""
+    frames = [pd.read_csv(j / "metrics.csv") for j in jobs(sweep_dir) if (j / "done.json").exists()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,81 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import tiny_config, write_toy_dataset
+
+from gbmseg.dataset import Dataset
+from gbmseg.errors import GbmsegError
+from gbmseg.masks import make_dataset_masks
+from gbmseg.sweep import collect_metrics, jobs, plan_sweep, run_sweep, split_cases, training_subset
+
+
+def test_split_and_nested_subsets():
+    cases = [f"c{i:02d}" for i in range(20)]
+    split = split_cases(cases, 4, 4, seed=0)
+    assert len(split["val"]) == 4 and len(split["test"]) == 4 and len(split["pool"]) == 12
+    assert not set(split["val"]) & set(split["test"]) and not set(split["pool"]) & set(split["test"])
+    for seed in (0, 1):
+        subsets = [training_subset(split["pool"], n, seed) for n in (1, 2, 4, 8)]
+        for small, big in zip(subsets, subsets[1:]):
+            assert set(small) < set(big)
+    assert training_subset(split["pool"], 4, 0) != training_subset(split["pool"], 4, 1)
+    with pytest.raises(GbmsegError):
+        split_cases(cases[:3], 2, 1)
+
+
+def _toy_sweep(tmp_path, sizes=(1, 2, 50)):
+    root = write_toy_dataset(tmp_path / "Toy", n=6, seed=2)
+    ds = Dataset(root, work=tmp_path / "work")
+    make_dataset_masks(ds, progress=False)
+    cfg = tiny_config(max_iterations=20, val_interval=10)
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps(cfg))
+    sweep = plan_sweep(ds, tmp_path / "sweep", modes=["image", "image+mask"], sizes=list(sizes), seeds=[0],
+                       preset=str(preset), val=["toy_000"], test=["toy_001"])
+    return ds, sweep
+
+
+def test_plan_caps_sizes_and_is_self_describing(tmp_path):
+    ds, sweep = _toy_sweep(tmp_path)
+    meta = json.loads((sweep / "sweep.json").read_text())
+    assert meta["sizes"] == [1, 2, 4]  # 50 capped at the 4 pool cases
+    job_dirs = jobs(sweep)
+    assert len(job_dirs) == 6
+    job = json.loads((job_dirs[0] / "job.json").read_text())
+    assert job["dataset"] and job["config"]["name"] == "tiny" and job["test"] == ["toy_001"]
+    with pytest.raises(GbmsegError, match="different sweep"):
+        plan_sweep(ds, sweep, modes=["mask"], sizes=[1], seeds=[0], preset=str(tmp_path / "tiny.json"),
+                   val=["toy_000"], test=["toy_001"])
+
+
+def test_kill_minus_9_loses_no_finished_run(tmp_path):
+    ds, sweep = _toy_sweep(tmp_path, sizes=(1, 2))
+    job_dirs = jobs(sweep)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = f"from gbmseg.sweep import run_sweep; run_sweep({str(sweep)!r}, progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # kill -9 once the first run is finished and the second has written a checkpoint
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((job_dirs[0] / "done.json").exists()
+                                         and (job_dirs[1] / "train" / "last.pt").exists()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (job_dirs[0] / "done.json").exists(), "the first run did not finish in time"
+    first = {p.name: p.stat().st_mtime_ns for p in (job_dirs[0] / "train").iterdir()}
+    first_done = (job_dirs[0] / "done.json").read_text()
+    second_trained = (job_dirs[1] / "train" / "result.json").exists()
+    metrics = run_sweep(sweep, progress=False)
+    assert all((j / "done.json").exists() for j in job_dirs)
+    assert (job_dirs[0] / "done.json").read_text() == first_done
+    assert {p.name: p.stat().st_mtime_ns for p in (job_dirs[0] / "train").iterdir()} == first
+    if not second_trained:  # killed mid-training: the restart resumed from last.pt instead of starting over
+        assert "resumed" in (job_dirs[1] / "train" / "train.log").read_text()
+    assert len(metrics) == len(job_dirs) * 2  # one test case x two structures per run
+    assert set(metrics["job"]) == {j.name for j in job_dirs}
+    assert len(collect_metrics(sweep)) == len(metrics)
