@@ -27,11 +27,11 @@ def _dataset(args):
 
 def _split(cases: list[str], seed: int, val_fraction: float = 0.2) -> tuple[list[str], list[str]]:
     """Default split when none is given: a seeded shuffle, ``val_fraction`` (at least one case) for validation."""
+    if len(cases) < 2:
+        raise GbmsegError("need at least two cases (one to train, one to validate)")
     shuffled = sorted(cases)
     random.Random(seed).shuffle(shuffled)
     n_val = max(1, round(len(shuffled) * val_fraction))
-    if len(shuffled) < 2:
-        raise GbmsegError("need at least two cases (one to train, one to validate)")
     return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
 
 
@@ -64,10 +64,10 @@ def cmd_train(args) -> None:
     channels_for_mode(args.mode)
     cfg = load_config(args.preset, args.set)
     train_cases, val_cases = _cases(args.train), _cases(args.val)
-    if train_cases is None or val_cases is None:
-        default_train, default_val = _split(ds.cases, args.seed)
-        val_cases = val_cases or [c for c in default_val if c not in (train_cases or [])]
-        train_cases = train_cases or [c for c in ds.cases if c not in val_cases]
+    if val_cases is None:  # default: a seeded 20% of the cases not named for training
+        val_cases = _split([c for c in ds.cases if c not in (train_cases or [])], args.seed)[1]
+    if train_cases is None:
+        train_cases = [c for c in ds.cases if c not in val_cases]
     ds.check_cases(train_cases, "training case")
     ds.check_cases(val_cases, "validation case")
     cache = preprocess_dataset(ds, cfg, workers=args.workers)
