@@ -20,6 +20,8 @@ import SimpleITK as sitk
 from .errors import GbmsegError
 
 PathLike = str | os.PathLike
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def read_image(path: PathLike) -> sitk.Image:
@@ -78,6 +80,7 @@ def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Pat
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, compress)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -94,6 +97,7 @@ def write_text(text: str, path: PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,533 @@
+"""Report of a sweep: the paper's tables, figures and statistics as HTML, Markdown and CSV.
+
+Reads ``SWEEP/sweep.json`` and every finished job (``runs/<id>/done.json`` present; unfinished
+jobs are skipped and counted) and writes into ``SWEEP/report/`` (or ``out_dir``)::
+
+    report.html     one self-contained page (CSS inline, figures as base64 PNG data URIs)
+    report.md       the same content, figures referenced as figures/*.png
+    dice.csv        mode, n_train, structure (+ "ALL"), mean, sd, n, n_missing   (Tables 1-2)
+    com.csv         the same for the centre-of-mass distance in mm                (Tables 3-4)
+    hd95.csv        the same for HD95 in mm
+    time.csv        mode, n_train, train_time_s / best_iteration / time_to_best_s mean and sd, n_runs
+    comparison.csv  n_train, structure, mode, dice_mode, dice_image, rel_change_pct, n_pairs, p_value
+    figures/        dice_vs_n.png, loss_curves.png, overlay_<case>.png
+
+Statistics: sd is the sample sd (ddof 1) over test cases x seeds (x structures for ``ALL``).
+Dice of an empty prediction is 0 and counted; a structure absent from both reference and
+prediction (``both_empty``) has no Dice and is left out. Distances are missing when either side
+is empty; ``n_missing`` counts those rows. ``comparison.csv`` pairs each result of ``mask`` and
+``image+mask`` with the ``image`` result of the same N, test case, seed (and structure for
+``ALL``); means are over the pairs, relative change = 100 (mode - image) / image. The p-value is
+a two-sided Wilcoxon signed-rank test of the paired differences (scipy, zero differences dropped):
+1.0 when every difference is zero, NaN with fewer than ``MIN_PAIRS`` pairs. ``ALL`` pools
+structures, whose differences are not independent; no correction for multiple comparisons.
+
+Example:
+    >>> make_report("sweeps/head")          # doctest: +SKIP
+    PosixPath('sweeps/head/report/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from scipy import stats
+
+from .io import PathLike, read_image, same_geometry, to_array, write_text
+
+MODE_ORDER = ["image", "mask", "image+mask"]
+MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask"}
+MODE_COLOR = {"image": "tab:blue", "mask": "tab:orange", "image+mask": "tab:green"}
+COMPARED = ["mask", "image+mask"]
+ALPHA = 0.05
+MIN_PAIRS = 5  # below this many pairs no p-value (with 5 the smallest exact p is 0.0625 anyway)
+N_OVERLAYS = 3
+DPI = 100
+
+
+@dataclass
+class Run:
+    dir: Path
+    id: str
+    mode: str
+    n_train: int
+    seed: int
+    result: dict
+    history: pd.DataFrame | None
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_runs(sweep_dir: Path) -> tuple[list[Run], pd.DataFrame, list[str]]:
+    """Finished runs, their metrics (one table) and the ids of started jobs without ``done.json``
+    (a folder holding only ``job.json`` is a job not started yet)."""
+    runs, frames, unfinished = [], [], []
+    for job_dir in sorted(p for p in (sweep_dir / "runs").glob("*") if p.is_dir()):
+        if not (job_dir / "done.json").exists():
+            if any(p.name != "job.json" for p in job_dir.iterdir()):
+                unfinished.append(job_dir.name)
+            continue
+        job = _json(job_dir / "job.json") or {}
+        m = re.fullmatch(r"(.+)_n(\d+)_seed(\d+)", job_dir.name)
+        mode = job.get("mode", m.group(1) if m else "?")
+        n = int(job.get("n_train", m.group(2) if m else -1))
+        seed = int(job.get("seed", m.group(3) if m else -1))
+        hist = job_dir / "train" / "history.csv"
+        runs.append(Run(job_dir, job_dir.name, mode, n, seed, _json(job_dir / "train" / "result.json") or {},
+                        pd.read_csv(hist) if hist.exists() else None))
+        if (job_dir / "metrics.csv").exists():
+            frames.append(pd.read_csv(job_dir / "metrics.csv").assign(job=job_dir.name, mode=mode,
+                                                                      n_train=n, seed=seed))
+    columns = ["case", "structure", "dice", "com_mm", "hd95_mm", "status", "job", "mode", "n_train", "seed"]
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return runs, metrics, unfinished
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+def summarize_metric(metrics: pd.DataFrame, column: str, modes, sizes, structures) -> pd.DataFrame:
+    """mean, sd, n (values present) and n_missing (no value though not both empty) per mode x N x structure."""
+    rows = []
+    for mode in modes:
+        for n in sizes:
+            part = metrics[(metrics["mode"] == mode) & (metrics["n_train"] == n)]
+            for s in [*structures, "ALL"]:
+                sub = part if s == "ALL" else part[part["structure"] == s]
+                v = sub[column].astype(float)
+                rows.append(dict(mode=mode, n_train=n, structure=s, mean=v.mean(), sd=v.std(),
+                                 n=int(v.notna().sum()),
+                                 n_missing=int((v.isna() & (sub["status"] != "both_empty")).sum())))
+    return pd.DataFrame(rows)
+
+
+def time_table(runs: list[Run], modes, sizes) -> pd.DataFrame:
+    keys = ["train_time_s", "best_iteration", "time_to_best_s"]
+    df = pd.DataFrame([dict(mode=r.mode, n_train=r.n_train, **{k: r.result.get(k, np.nan) for k in keys})
+                       for r in runs], columns=["mode", "n_train", *keys])
+    rows = []
+    for n in sizes:
+        for mode in modes:
+            sub = df[(df["mode"] == mode) & (df["n_train"] == n)]
+            row = dict(mode=mode, n_train=n)
+            for k in keys:
+                row[f"{k}_mean"], row[f"{k}_sd"] = sub[k].astype(float).mean(), sub[k].astype(float).std()
+            rows.append({**row, "n_runs": len(sub)})
+    return pd.DataFrame(rows)
+
+
+def wilcoxon_p(diff) -> float:
+    """Two-sided Wilcoxon signed-rank p of paired differences; 1.0 if all zero, NaN if < MIN_PAIRS."""
+    d = np.asarray(diff, dtype=float)
+    d = np.where(np.abs(d) < 1e-12, 0.0, d)
+    if len(d) < MIN_PAIRS:
+        return float("nan")
+    if not d.any():
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.wilcoxon(d).pvalue)
+
+
+def compare(metrics: pd.DataFrame, sizes, structures) -> pd.DataFrame:
+    """Dice of mask and image+mask against image only, paired by N, case, seed and structure."""
+    key = ["case", "seed", "structure"]
+    rows = []
+    for n in sizes:
+        base = metrics[(metrics["mode"] == "image") & (metrics["n_train"] == n)][key + ["dice"]]
+        for mode in COMPARED:
+            other = metrics[(metrics["mode"] == mode) & (metrics["n_train"] == n)][key + ["dice"]]
+            pairs = other.merge(base, on=key, suffixes=("", "_image")).dropna(subset=["dice", "dice_image"])
+            for s in [*structures, "ALL"]:
+                p = pairs if s == "ALL" else pairs[pairs["structure"] == s]
+                dm, di = p["dice"].mean(), p["dice_image"].mean()
+                rows.append(dict(n_train=n, structure=s, mode=mode, dice_mode=dm, dice_image=di,
+                                 rel_change_pct=100 * (dm - di) / di if di > 0 else np.nan,
+                                 n_pairs=len(p), p_value=wilcoxon_p(p["dice"] - p["dice_image"])))
+    return pd.DataFrame(rows)
+
+
+def _fmt(mean, sd, digits: int) -> str:
+    if pd.isna(mean):
+        return ""
+    return f"{mean:.{digits}f} ({'–' if pd.isna(sd) else f'{sd:.{digits}f}'})"
+
+
+def _p_text(p: float) -> str:
+    return "p n/a" if pd.isna(p) else ("p<0.001" if p < 0.001 else f"p={p:.2g}")
+
+
+def statement(row) -> str:
+    """One sentence for one comparison.csv row, computed from its numbers."""
+    what = f"{row['mode']} vs image"
+    if row["n_pairs"] == 0:
+        return f"{what}: no paired results"
+    if pd.isna(row["rel_change_pct"]):
+        return f"{what}: image-only Dice is 0, relative change undefined ({_p_text(row['p_value'])})"
+    if pd.isna(row["p_value"]):
+        verdict = f"too few pairs ({row['n_pairs']}) for a test"
+    else:
+        verdict = ("significant" if row["p_value"] < ALPHA else "not significant") + f" at {ALPHA:g}"
+    return f"{what} {row['rel_change_pct']:+.1f}% (Dice {row['dice_mode']:.3f} vs {row['dice_image']:.3f}, " \
+           f"{_p_text(row['p_value'])}, {verdict}, {row['n_pairs']} pairs)"
+
+
+# -- figures -----------------------------------------------------------------------------------------
+def _new_figure(w: float, h: float) -> Figure:
+    fig = Figure(figsize=(w, h), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _grid(n: int, max_cols: int, w: float, h: float):
+    ncol = min(max_cols, n)
+    nrow = -(-n // ncol)
+    fig = _new_figure(w * ncol, h * nrow + 0.5)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _png(fig: Figure, handles: list, title: str) -> bytes:
+    """Legend on top, title above it, tight PNG bytes."""
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.suptitle(title, y=1.04)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _mode_lines(modes, **kw) -> list:
+    return [Line2D([], [], color=MODE_COLOR.get(m), label=MODE_TITLE.get(m, m), **kw) for m in modes]
+
+
+def fig_dice_vs_n(dice: pd.DataFrame, modes, sizes, structures) -> bytes:
+    panels = [*structures, "ALL"]
+    fig, axes = _grid(len(panels), 4, 3.6, 3.0)
+    for ax, s in zip(axes, panels):
+        for i, mode in enumerate(modes):
+            d = dice[(dice["mode"] == mode) & (dice["structure"] == s) & (dice["n"] > 0)]
+            shift = 2 ** (0.06 * (i - (len(modes) - 1) / 2))  # side by side error bars
+            ax.errorbar(d["n_train"] * shift, d["mean"], yerr=d["sd"].fillna(0), marker="o", ms=4, capsize=3,
+                        color=MODE_COLOR.get(mode))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set(ylim=(0, 1.02), xlabel="training cases N", ylabel="Dice",
+               title="mean of all structures" if s == "ALL" else s)
+        ax.grid(alpha=0.3)
+    return _png(fig, _mode_lines(modes, marker="o"),
+                "Test Dice vs training-set size (mean ± sd over test cases × seeds)")
+
+
+def fig_loss_curves(runs: list[Run], modes, sizes) -> bytes | None:
+    shown = [n for n in sizes if any(r.n_train == n and r.history is not None for r in runs)][-6:]
+    if not shown:
+        return None
+    fig, axes = _grid(len(shown), 3, 4.2, 3.0)
+    for ax, n in zip(axes, shown):
+        for r in runs:
+            if r.n_train == n and r.history is not None:
+                h, c = r.history, MODE_COLOR.get(r.mode)
+                ax.plot(h["iteration"], h["train_loss"], color=c, lw=1.2, alpha=0.8)
+                ax.plot(h["iteration"], h["val_loss"], color=c, lw=1.2, ls="--", alpha=0.8)
+        ax.set(title=f"N = {n}", xlabel="iteration", ylabel="loss")
+        ax.grid(alpha=0.3)
+    handles = _mode_lines(modes) + [Line2D([], [], color="0.3", label="train"),
+                                    Line2D([], [], color="0.3", ls="--", label="validation")]
+    return _png(fig, handles, "Training and validation loss (one line per seed)")
+
+
+def _best_slice(lab: np.ndarray, axis: int, values) -> int:
+    """Slice along ``axis`` through the structures' centres: it maximises the sum over structures of
+    their area in the slice relative to their largest area (ties: nearest the labels' centre)."""
+    others = tuple(a for a in range(3) if a != axis)
+    areas = [(lab == v).sum(axis=others) for v in values]
+    score = sum(a / a.max() for a in areas if a.max() > 0) + np.zeros(lab.shape[axis])
+    fg = (lab > 0).sum(axis=others)
+    centre = (fg * np.arange(lab.shape[axis])).sum() / max(fg.sum(), 1)
+    candidates = np.flatnonzero(score >= score.max() - 1e-9)
+    return int(candidates[np.argmin(np.abs(candidates - centre))])
+
+
+def _crop(masks: list[np.ndarray], spacing: tuple[float, float], margin_mm: float = 25.0):
+    """Row/column slices around everything labelled in ``masks`` (2D), with a margin."""
+    union = np.any(masks, axis=0)
+    if not union.any():
+        return slice(None), slice(None)
+    out = []
+    for axis, sp in enumerate(spacing):
+        hit = np.flatnonzero(union.any(axis=1 - axis))
+        pad = int(max(margin_mm, 0.5 * (hit[-1] - hit[0]) * sp) / sp)
+        out.append(slice(max(hit[0] - pad, 0), min(hit[-1] + pad + 1, union.shape[axis])))
+    return tuple(out)
+
+
+def fig_overlay(case: str, image: sitk.Image, label: sitk.Image, preds: dict, labels: dict, modality: str) -> bytes:
+    """Rows axial and coronal; columns ground truth then one prediction per mode (``preds``: title -> image|None)."""
+    def lps(im):
+        return sitk.DICOMOrient(im, "LPS")
+
+    img, lab = to_array(lps(image)).astype(np.float32), to_array(lps(label))
+    arrays = {}
+    for title, p in preds.items():
+        if p is not None and same_geometry(p, label):
+            p = sitk.Resample(p, label, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        arrays[title] = None if p is None else to_array(lps(p))
+    lo, hi = (-200, 200) if modality == "CT" else np.percentile(img, [0.5, 99.5])
+    sx, sy, sz = lps(label).GetSpacing()
+    colors = {v: f"C{i % 10}" for i, v in enumerate(labels.values())}
+    columns = [("ground truth", lab)] + list(arrays.items())
+    fig = _new_figure(3.0 * len(columns), 6.6)
+    axes = fig.subplots(2, len(columns), squeeze=False)
+    views = [("axial", 0, sy / sx, "upper", _best_slice(lab, 0, labels.values())),
+             ("coronal", 1, sz / sx, "lower", _best_slice(lab, 1, labels.values()))]
+    for row, (view, axis, aspect, origin, k) in enumerate(views):
+        cut = lambda a: np.take(a, k, axis=axis)  # noqa: E731
+        box = _crop([cut(lab) > 0] + [cut(a) > 0 for a in arrays.values() if a is not None],
+                    (sy if axis == 0 else sz, sx))
+        ref = cut(lab)[box]
+        for col, (title, arr) in enumerate(columns):
+            ax = axes[row, col]
+            ax.imshow(cut(img)[box], cmap="gray", vmin=lo, vmax=hi, aspect=aspect, origin=origin)
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"{view} (slice {k})")
+            if arr is None:
+                ax.text(0.5, 0.5, "no prediction", color="w", ha="center", va="center", transform=ax.transAxes,
+                        bbox=dict(facecolor="k", alpha=0.6))
+                continue
+            sl = cut(arr)[box]
+            rgba = np.zeros(sl.shape + (4,))
+            for v, c in colors.items():
+                if (sl == v).any():
+                    rgba[sl == v] = (*to_rgb(c), 0.35)
+                    ax.contour(sl == v, levels=[0.5], colors=[c], linewidths=1.2)
+                if col > 0 and (ref == v).any():
+                    ax.contour(ref == v, levels=[0.5], colors="w", linewidths=0.8, linestyles="--")
+            ax.imshow(rgba, aspect=aspect, origin=origin)
+    handles = [Patch(color=colors[v], label=name) for name, v in labels.items()]
+    handles.append(Line2D([], [], color="0.4", ls="--", label="ground truth outline (white)"))
+    return _png(fig, handles, f"Test case {case}")
+
+
+def overlays(sweep: dict, runs: list[Run], metrics: pd.DataFrame, modes) -> dict[str, bytes]:
+    """``overlay_<case>.png`` for the first test cases: each mode's run at its largest N, first seed."""
+    from .dataset import Dataset
+
+    ds = Dataset(sweep["dataset"])
+    cases = sweep.get("split", {}).get("test") or sorted(metrics["case"].unique())
+    out = {}
+    for case in [c for c in cases if c in ds.cases][:N_OVERLAYS]:
+        preds = {}
+        for mode in modes:
+            have = [r for r in runs if r.mode == mode and (r.dir / "predictions" / f"{case}.nii.gz").exists()]
+            if not have:
+                preds[f"{MODE_TITLE.get(mode, mode)}\n(no finished run)"] = None
+                continue
+            r = min(have, key=lambda r: (-r.n_train, r.seed))
+            rows = metrics[(metrics["job"] == r.id) & (metrics["case"] == case)]
+            title = f"{MODE_TITLE.get(mode, mode)}\nN={r.n_train}, seed {r.seed}, Dice {rows['dice'].mean():.2f}"
+            preds[title] = read_image(r.dir / "predictions" / f"{case}.nii.gz")
+        out[f"overlay_{case}.png"] = fig_overlay(case, read_image(ds.image_path(case)), read_image(ds.label_path(case)),
+                                                 preds, sweep["labels"], sweep.get("modality", "CT"))
+    return out
+
+
+# -- page ----------------------------------------------------------------------------------------------
+def render_html(title: str, blocks: list[tuple], figures: dict[str, bytes]) -> str:
+    css = ("body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}"
+           "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:14px}"
+           "th,td{padding:3px 10px;border-bottom:1px solid #e3e3e3;text-align:right;white-space:nowrap}"
+           "th{background:#f3f3f3}td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}"
+           "tr.grp td{border-top:2px solid #999}.cap,figcaption{color:#555;font-size:13px}.cap{margin-top:-1em}"
+           "img{max-width:100%}figure{margin:1em 0 2em}"
+           "h2{border-bottom:1px solid #ccc;padding-bottom:3px;margin-top:1.6em}")
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{css}</style></head><body><h1>{e(title)}</h1>"]
+    for kind, *args in blocks:
+        if kind in ("h2", "p"):
+            parts.append(f"<{kind}>{e(args[0])}</{kind}>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in args[0]) + "</ul>")
+        elif kind == "table":
+            header, rows, caption = args
+            body = "".join(f"<tr{' class=grp' if r[0] and i else ''}>" + "".join(f"<td>{e(str(c))}</td>" for c in r)
+                           + "</tr>" for i, r in enumerate(rows))
+            parts.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
+                         + f"</tr></thead><tbody>{body}</tbody></table><p class=cap>{e(caption)}</p>")
+        elif kind == "fig":
+            data = base64.b64encode(figures[args[0]]).decode()
+            parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{e(args[0])}'>"
+                         f"<figcaption>{e(args[1])}</figcaption></figure>")
+    return "".join(parts) + "</body></html>\n"
+
+
+def render_md(title: str, blocks: list[tuple]) -> str:
+    cell = lambda c: str(c).replace("|", "\\|")  # noqa: E731
+    lines = [f"# {title}", ""]
+    for kind, *args in blocks:
+        if kind == "h2":
+            lines += [f"## {args[0]}", ""]
+        elif kind == "p":
+            lines += [args[0], ""]
+        elif kind == "ul":
+            lines += [f"- {i}" for i in args[0]] + [""]
+        elif kind == "table":
+            header, rows, caption = args
+            lines += ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(cell, r)) + " |" for r in rows] + ["", f"*{caption}*", ""]
+        elif kind == "fig":
+            lines += [f"![{args[0]}](figures/{args[0]})", "", f"*{args[1]}*", ""]
+    return "\n".join(lines)
+
+
+def _write_bytes(data: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame, unfinished: list[str]) -> list[str]:
+    planned = len(sweep["modes"]) * len(sweep["sizes"]) * len(sweep["seeds"])
+    split = sweep.get("split", {})
+    masks = sweep.get("masks") or {}
+    items = [f"Dataset: {sweep.get('name', '?')} ({sweep.get('dataset', '?')}), modality {sweep.get('modality', '?')}, "
+             f"structures: {', '.join(sweep['labels'])}",
+             f"Preset: {sweep.get('preset', '?')}; modes {', '.join(sweep['modes'])}; training sizes N = "
+             f"{', '.join(map(str, sweep['sizes']))}; seeds {', '.join(map(str, sweep['seeds']))}",
+             f"Split: {len(split.get('pool', []))} training pool, {len(split.get('val', []))} validation, "
+             f"{len(split.get('test', []))} test cases",
+             f"Global masks: {masks.get('method', '?')} {json.dumps(masks.get('params', {}))}"]
+    mq = sweep_dir / "mask_quality.csv"
+    if mq.exists():
+        q = pd.read_csv(mq)
+        items.append(f"Mask quality vs union of labels ({len(q)} cases): Dice {_fmt(q['dice'].mean(), q['dice'].std(), 3)}, "
+                     f"volume error {_fmt(q['volume_error_pct'].mean(), q['volume_error_pct'].std(), 1)} %, "
+                     f"COM distance {_fmt(q['com_mm'].mean(), q['com_mm'].std(), 1)} mm")
+    started = len(runs) + len(unfinished)
+    listed = ", ".join(unfinished[:10]) + (", ..." if len(unfinished) > 10 else "")
+    items.append(f"Jobs: {len(runs)} of {planned} planned finished; {len(unfinished)} started but unfinished "
+                 f"(skipped{': ' + listed if unfinished else ''}); {max(planned - started, 0)} not started")
+    if len(metrics):
+        empty = int((metrics["status"] == "empty_pred").sum())
+        items.append(f"Test results: {len(metrics)} (case × structure × run), {empty} empty predictions (Dice 0)")
+    devices = sorted({str(r.result["device"]) for r in runs if r.result.get("device")})
+    stops = pd.Series([r.result.get("stop_reason") for r in runs]).dropna().value_counts()
+    items.append(f"Device: {', '.join(devices) or 'unknown'}; stop reasons: "
+                 + (", ".join(f"{k} ×{v}" for k, v in stops.items()) or "unknown"))
+    items.append(f"Sweep created {sweep.get('created', '?')}; report written "
+                 f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    return items
+
+
+def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
+    """Write report.html, report.md, the CSVs and figures of a (possibly partial) sweep; return the HTML path."""
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    runs, metrics, unfinished = load_runs(sweep_dir)
+    structures = list(sweep["labels"])
+    modes = sorted(set(sweep["modes"]) | {r.mode for r in runs},
+                   key=lambda m: MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER))
+    sizes = sorted(set(sweep["sizes"]) | {r.n_train for r in runs})
+    tables = {name: summarize_metric(metrics, col, modes, sizes, structures)
+              for name, col in (("dice", "dice"), ("com", "com_mm"), ("hd95", "hd95_mm"))}
+    tables["time"] = time_table(runs, modes, sizes)
+    tables["comparison"] = comp = compare(metrics, sizes, structures)
+    for name, df in tables.items():
+        write_text(df.to_csv(index=False), out / f"{name}.csv")
+
+    def cell(table, mode, n, s, digits, missing=False):
+        r = tables[table].set_index(["mode", "n_train", "structure"]).loc[(mode, n, s)]
+        text = _fmt(r["mean"], r["sd"], digits)
+        return text + (f" [{int(r['n_missing'])} missing]" if missing and text and r["n_missing"] else "")
+
+    def grouped(rows_for):  # rows N x structure, N printed on each group's first row
+        return [[n if i == 0 else "", "mean (all)" if s == "ALL" else s, *rows_for(n, s)]
+                for n in sizes for i, s in enumerate([*structures, "ALL"])]
+
+    titles = [MODE_TITLE.get(m, m) for m in modes]
+    blocks = [("ul", _header(sweep, sweep_dir, runs, metrics, unfinished)), ("h2", "Dice per structure"),
+              ("table", ["N", "structure", *titles], grouped(lambda n, s: [cell("dice", m, n, s, 2) for m in modes]),
+               "Dice, mean (sd) over test cases × seeds; empty predictions count as 0.")]
+    blocks += [("h2", "Centre-of-mass distance and HD95 (mm)"),
+               ("table", ["N", "structure", *[f"COM {t}" for t in titles], *[f"HD95 {t}" for t in titles]],
+                grouped(lambda n, s: [cell(t, m, n, s, 1, True) for t in ("com", "hd95") for m in modes]),
+                "mean (sd) in mm; [k missing]: results without a distance (empty prediction), left out of the mean.")]
+    t = tables["time"]
+    blocks += [("h2", "Training time"), ("table", ["N", "mode", "training time (s)", "best iteration",
+                                                   "time to best (s)", "runs"],
+                [[r.n_train if r.mode == modes[0] else "", MODE_TITLE.get(r.mode, r.mode),
+                  _fmt(r.train_time_s_mean, r.train_time_s_sd, 0), _fmt(r.best_iteration_mean, r.best_iteration_sd, 0),
+                  _fmt(r.time_to_best_s_mean, r.time_to_best_s_sd, 0), r.n_runs] for r in t.itertuples()],
+                "mean (sd) over seeds, from each run's train/result.json.")]
+
+    def change(n, s, mode):
+        r = comp[(comp["n_train"] == n) & (comp["structure"] == s) & (comp["mode"] == mode)].iloc[0]
+        if r["n_pairs"] == 0:
+            return ""
+        if pd.isna(r["rel_change_pct"]):
+            return f"n/a ({_p_text(r['p_value'])})"
+        star = " *" if r["p_value"] < ALPHA else ""
+        return f"{r['rel_change_pct']:+.1f}% ({_p_text(r['p_value'])}){star}"
+
+    blocks += [("h2", "Mask-based inputs vs image only"),
+               ("table", ["N", "structure", *[f"{MODE_TITLE[m]} vs image only" for m in COMPARED]],
+                grouped(lambda n, s: [change(n, s, m) for m in COMPARED]),
+                f"Relative change of mean Dice, 100·(mode − image)/image, over pairs of the same test case and seed "
+                f"(and structure for 'mean (all)'); two-sided Wilcoxon signed-rank p; * p < {ALPHA:g}; no p with fewer "
+                f"than {MIN_PAIRS} pairs; p = 1 when all differences are zero; no multiple-comparison correction."),
+               ("ul", [f"N={n}: " + "; ".join(statement(r) for _, r in comp[(comp["n_train"] == n)
+                                                                                & (comp["structure"] == "ALL")].iterrows())
+                       for n in sizes])]
+
+    figures = {"dice_vs_n.png": fig_dice_vs_n(tables["dice"], modes, sizes, structures)}
+    loss = fig_loss_curves(runs, modes, sizes)
+    if loss is not None:
+        figures["loss_curves.png"] = loss
+    blocks += [("h2", "Figures"), ("fig", "dice_vs_n.png", "Test Dice vs number of training cases N (log2 axis); "
+                                   "error bars: sd over test cases × seeds.")]
+    if loss is not None:
+        blocks.append(("fig", "loss_curves.png", "Training (solid) and validation (dashed) loss per mode and N."))
+    try:
+        shown = overlays(sweep, runs, metrics, modes)
+    except Exception as exc:  # a moved dataset must not cost the whole report
+        shown = {}
+        blocks.append(("p", f"Overlays skipped: {type(exc).__name__}: {exc}"))
+    figures.update(shown)
+    blocks += [("fig", name, f"{name[8:-4]}: ground truth and predictions on axial and coronal slices through the "
+                             "structures (coloured: labels; white dashed: ground truth).") for name in shown]
+    for name, data in figures.items():
+        _write_bytes(data, out / "figures" / name)
+    title = f"gbmseg sweep report: {sweep.get('name', sweep_dir.name)}"
+    write_text(render_md(title, blocks), out / "report.md")
+    return write_text(render_html(title, blocks, figures), out / "report.html")
