@@ -74,6 +74,9 @@ def test_bad_split_is_an_error(toy_dataset, tmp_path):
         train(cache, "image", ds.cases[:3], ds.cases[2:4], tiny_config(), tmp_path / "x", progress=False)
     with pytest.raises(GbmsegError, match="mode"):
         train(cache, "ct", ds.cases[:3], ds.cases[3:], tiny_config(), tmp_path / "y", progress=False)
+    train(cache, "image", ds.cases[:3], ds.cases[3:], tiny_config(max_iterations=2), tmp_path / "z", progress=False)
+    with pytest.raises(GbmsegError, match="another mode"):  # never resume a different run's checkpoint
+        train(cache, "mask", ds.cases[:3], ds.cases[3:], tiny_config(max_iterations=2), tmp_path / "z", progress=False)
 
 
 def test_predict_keeps_input_geometry_and_makes_its_own_mask(toy_dataset, tmp_path):

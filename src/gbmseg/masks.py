@@ -7,9 +7,12 @@ Methods:
     ``labels``     union of all labelled structures (closed and filled). Uses the ground truth, so
                    it can only make *training* masks (e.g. for a whole-organ mask model, or an upper
                    bound); a model whose masks came from labels needs masks given at prediction.
+    ``register``   register the scan to a template head (rigid + affine, mutual information),
+                   then ``threshold``/``otsu`` kept near the template's warped body mask; writes
+                   the transform too (see :mod:`gbmseg.registration`).
     ``auto``       ``threshold`` for CT datasets, ``otsu`` otherwise.
 
-Methods that run at prediction time (``threshold``, ``otsu``) see only the image.
+Methods that run at prediction time (``threshold``, ``otsu``, ``register``) see only the image.
 
 Example:
     >>> mask = make_mask(read_image("ct.nii.gz"), "threshold")       # doctest: +SKIP
@@ -30,9 +33,10 @@ from .dataset import Dataset
 from .errors import GbmsegError
 from .io import from_array, read_image, to_array, write_image, write_text
 
-METHODS = ("threshold", "otsu", "labels")
-IMAGE_METHODS = ("threshold", "otsu")  # methods that need no ground truth
-DEFAULTS = {"threshold": {"hu": -300.0, "opening_vox": 1}, "otsu": {"opening_vox": 1}, "labels": {}}
+METHODS = ("threshold", "otsu", "labels", "register")
+IMAGE_METHODS = ("threshold", "otsu", "register")  # methods that need no ground truth
+DEFAULTS = {"threshold": {"hu": -300.0, "opening_vox": 1}, "otsu": {"opening_vox": 1}, "labels": {},
+            "register": {"template": "phantom", "hu": -300.0, "opening_vox": 1, "margin_mm": 20.0}}
 
 
 def resolve_method(method: str, modality: str) -> str:
@@ -49,8 +53,9 @@ def make_mask(image: sitk.Image, method: str, params: dict | None = None, label:
 
     Args:
         image: the scan.
-        method: ``threshold``, ``otsu`` or ``labels``.
-        params: overrides of :data:`DEFAULTS` (``hu``, ``opening_vox``).
+        method: ``threshold``, ``otsu``, ``labels`` or ``register``.
+        params: overrides of :data:`DEFAULTS` (``hu``, ``opening_vox``; ``register``: ``template``,
+            ``margin_mm``, ``modality``, see :func:`gbmseg.registration.register_mask`).
         label: the label map, required by (and only used by) the ``labels`` method.
     """
     p = {**DEFAULTS.get(method, {}), **(params or {})}
@@ -60,6 +65,10 @@ def make_mask(image: sitk.Image, method: str, params: dict | None = None, label:
         fg = to_array(label) > 0
         fg = ndimage.binary_closing(fg, iterations=2) | fg
         return _finish(_fill(fg), label)
+    if method == "register":
+        from .registration import mask_from_params
+
+        return mask_from_params(image, p)[0]
     arr = to_array(image).astype(np.float32)
     if method == "threshold":
         fg = arr > p["hu"]
@@ -113,6 +122,10 @@ def _finish(fg: np.ndarray, reference: sitk.Image) -> sitk.Image:
 def _one_case(args: tuple) -> str:
     image_path, label_path, out_path, method, params = args
     image = read_image(image_path)
+    if method == "register":  # also writes <case>_to_template.tfm beside the mask
+        from .registration import write_registered_mask
+
+        return str(write_registered_mask(image, out_path, params))
     label = read_image(label_path) if method == "labels" else None
     write_image(make_mask(image, method, params, label), out_path)
     return str(out_path)
@@ -128,6 +141,10 @@ def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | No
     method = resolve_method(method, dataset.modality)
     record = {"method": method, "params": {**DEFAULTS[method], **(params or {})},
               "modality": dataset.modality}
+    if method == "register":  # modality, and the template as "phantom" or an image path
+        from .registration import resolve_params
+
+        record["params"] = resolve_params(record["params"], dataset)
     out_dir = dataset.mask_dir
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

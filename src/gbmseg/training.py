@@ -186,7 +186,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
-            running.append(float(loss))
+            running.append(float(loss.detach()))
             self.state["iteration"] += 1
             bar.update(1)
             if self.state["iteration"] % interval == 0 or self.state["iteration"] == max_it:
@@ -233,6 +233,13 @@ def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], 
           out_dir: Path, seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
     """Train (or resume, or skip if finished) one run; returns the content of ``result.json``."""
     out = Path(out_dir)
+    if (out / "config.json").exists():
+        old = json.loads((out / "config.json").read_text())
+        new = {"mode": mode, "seed": seed, "train_cases": list(train_cases), "val_cases": list(val_cases),
+               "config": config}
+        if any(old.get(k) != v for k, v in new.items()):
+            raise GbmsegError(f"{out}: holds a run with another mode, seed, cases or config; "
+                              "choose another output folder")
     if (out / "result.json").exists() and (out / "model.pt").exists():
         return json.loads((out / "result.json").read_text())
     return Trainer(cache, mode, train_cases, val_cases, config, out, seed, device, progress).fit()
