@@ -38,6 +38,7 @@ def test_cli_errors_are_one_line_with_the_file(toy_dataset, tmp_path, capsys):
     assert main(["masks", str(toy_dataset), "--work", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert "toy_002_0000.nii.gz" in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()  # validated up front: nothing written
     assert main(["predict", "-m", str(tmp_path / "nope"), "-i", "x.nii.gz", "-o", "y.nii.gz"]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["train", str(toy_dataset), "--mode", "ct", "-o", str(tmp_path / "r")]) == 2

@@ -40,9 +40,23 @@ def cmd_masks(args) -> None:
     from .masks import make_dataset_masks
 
     ds = _dataset(args)
-    params = json.loads(args.params) if args.params else None
+    params = json.loads(args.params) if args.params else {}
+    if args.model:
+        params["model"] = args.model
+    if args.template:
+        params["template"] = args.template
     rec = make_dataset_masks(ds, args.method, params, workers=args.workers, overwrite=args.overwrite)
     print(f"masks ({rec['method']}) written to {ds.mask_dir}")
+
+
+def cmd_mask_model(args) -> None:
+    from .mask_model import train_mask_model
+
+    ds = _dataset(args)
+    result = train_mask_model(ds, args.output, preset=args.preset, overrides=args.set, train_cases=_cases(args.train),
+                              val_cases=_cases(args.val), seed=args.seed, device=args.device)
+    print(json.dumps(result, indent=2))
+    print(f"mask model written to {args.output}; use it with: gbmseg masks DATASET --method model --model {args.output}")
 
 
 def cmd_preprocess(args) -> None:
@@ -175,10 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a preset value, e.g. --set training.lr=3e-4 (repeatable)")
 
     s = dataset_cmd("masks", "Make global binary masks -> WORK/masksTr/<case>.nii.gz")
-    s.add_argument("--method", default="auto", help="auto (threshold for CT, otsu for MR), threshold, otsu, labels")
+    s.add_argument("--method", default="auto",
+                   help="auto (threshold for CT, otsu for MR), threshold, otsu, register, model, labels, box")
     s.add_argument("--params", help='JSON overrides, e.g. \'{"hu": -400}\'')
+    s.add_argument("--model", help="method model: run folder of a trained mask model")
+    s.add_argument("--template", help="method register: template image, 'phantom', or a case id")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_masks)
+
+    s = dataset_cmd("mask-model", "Train a whole-organ mask model on the union of the labels")
+    s.add_argument("action", choices=["train"])
+    config_args(s)
+    s.set_defaults(preset="coarse")
+    s.add_argument("--train", help="comma-separated training cases (default: all but the last)")
+    s.add_argument("--val", help="comma-separated validation cases (default: the last case)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device")
+    s.add_argument("-o", "--output", required=True, help="run directory of the mask model")
+    s.set_defaults(func=cmd_mask_model)
 
     s = dataset_cmd("preprocess", "Resample, crop around the global mask, normalise and cache every case")
     config_args(s)

@@ -10,9 +10,13 @@ Methods:
     ``register``   register the scan to a template head (rigid + affine, mutual information),
                    then ``threshold``/``otsu`` kept near the template's warped body mask; writes
                    the transform too (see :mod:`gbmseg.registration`).
+    ``model``      a trained whole-organ U-Net (``gbmseg mask-model train``), largest component,
+                   holes filled (see :mod:`gbmseg.mask_model`); ``params["model"]`` is its run folder.
+    ``box``        the whole field of view (used by the mask model itself: its crop is centred on
+                   the image).
     ``auto``       ``threshold`` for CT datasets, ``otsu`` otherwise.
 
-Methods that run at prediction time (``threshold``, ``otsu``, ``register``) see only the image.
+Methods that run at prediction time (all but ``labels``) see only the image.
 
 Example:
     >>> mask = make_mask(read_image("ct.nii.gz"), "threshold")       # doctest: +SKIP
@@ -33,10 +37,11 @@ from .dataset import Dataset
 from .errors import GbmsegError
 from .io import from_array, read_image, to_array, write_image, write_text
 
-METHODS = ("threshold", "otsu", "labels", "register")
-IMAGE_METHODS = ("threshold", "otsu", "register")  # methods that need no ground truth
+METHODS = ("threshold", "otsu", "labels", "register", "model", "box")
+IMAGE_METHODS = ("threshold", "otsu", "register", "model", "box")  # methods that need no ground truth
 DEFAULTS = {"threshold": {"hu": -300.0, "opening_vox": 1}, "otsu": {"opening_vox": 1}, "labels": {},
-            "register": {"template": "phantom", "hu": -300.0, "opening_vox": 1, "margin_mm": 20.0}}
+            "register": {"template": "phantom", "hu": -300.0, "opening_vox": 1, "margin_mm": 20.0},
+            "model": {"model": None}, "box": {}}
 
 
 def resolve_method(method: str, modality: str) -> str:
@@ -64,11 +69,19 @@ def make_mask(image: sitk.Image, method: str, params: dict | None = None, label:
             raise GbmsegError("mask method 'labels' needs the label map (it cannot run at prediction time)")
         fg = to_array(label) > 0
         fg = ndimage.binary_closing(fg, iterations=2) | fg
-        return _finish(_fill(fg), label)
+        return _finish(fill_holes(fg), label)
     if method == "register":
         from .registration import mask_from_params
 
         return mask_from_params(image, p)[0]
+    if method == "model":
+        from .mask_model import predict_organ_mask
+
+        if not p.get("model"):
+            raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR)")
+        return predict_organ_mask(image, p)
+    if method == "box":
+        return _finish(np.ones(to_array(image).shape, bool), image)
     arr = to_array(image).astype(np.float32)
     if method == "threshold":
         fg = arr > p["hu"]
@@ -81,7 +94,7 @@ def make_mask(image: sitk.Image, method: str, params: dict | None = None, label:
     fg = largest_component(fg)
     if not fg.any():
         raise GbmsegError(f"mask method '{method}' found no foreground (threshold {p})")
-    return _finish(_fill(fg), image)
+    return _finish(fill_holes(fg), image)
 
 
 def otsu_threshold(arr: np.ndarray, bins: int = 256) -> float:
@@ -107,7 +120,8 @@ def largest_component(fg: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(sizes))
 
 
-def _fill(fg: np.ndarray) -> np.ndarray:
+def fill_holes(fg: np.ndarray) -> np.ndarray:
+    """Fill enclosed holes in 3D, then slice by slice (closes cavities open to the outside, e.g. airways)."""
     fg = ndimage.binary_fill_holes(fg)
     for z in range(fg.shape[0]):  # cavities open to the outside in 3D (airways) are closed per slice
         fg[z] = ndimage.binary_fill_holes(fg[z])
@@ -139,8 +153,16 @@ def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | No
     so that prediction can make masks the same way. Returns that record.
     """
     method = resolve_method(method, dataset.modality)
+    dataset.validate(progress=progress)  # every case checked before anything is written
     record = {"method": method, "params": {**DEFAULTS[method], **(params or {})},
               "modality": dataset.modality}
+    if method == "model":  # the mask model, by absolute path and hash, so prediction can check it
+        from .mask_model import model_hash
+
+        if not record["params"].get("model"):
+            raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR)")
+        record["params"]["model"] = str(Path(record["params"]["model"]).resolve())
+        record["params"]["sha256"] = model_hash(record["params"]["model"])
     if method == "register":  # modality, and the template as "phantom" or an image path
         from .registration import resolve_params
 

@@ -59,7 +59,9 @@ def register(moving: sitk.Image, fixed: sitk.Image, stages=STAGES, spacing: floa
     clipped to their 0.5-99.5 percentiles. The rigid stage starts from the foreground centroids
     (Otsu foreground, so CT and MR alike); both stages use Mattes mutual information (32 bins,
     25 % of the voxels sampled with ``seed``), shrink factors 4, 2, 1 with smoothing 2, 1, 0
-    voxels, regular-step gradient descent with scales from physical shifts.
+    voxels, regular-step gradient descent; parameter scales in the spirit of ITK's physical-shift
+    estimator (computed from the image extent). Runs single-threaded, so results are identical
+    run to run.
 
     Args:
         moving: the image to align (e.g. a scan).
@@ -118,7 +120,7 @@ def _run(fixed, moving, transform, moving_initial, seed, iterations: int, step: 
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=step, minStep=1e-3, numberOfIterations=iterations,
                                                  relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
     # parameter scales as from physical shifts: a unit change of a rotation / matrix entry moves points
-    # about ``radius`` mm, of a translation 1 mm (ITK's estimator samples at random: not reproducible)
+    # about ``radius`` mm, of a translation 1 mm (cheaper than ITK's estimator, which samples the image)
     n_lin = transform.GetNumberOfParameters() - 3
     reg.SetOptimizerScales([radius**2] * n_lin + [1.0] * 3)
     reg.SetShrinkFactorsPerLevel([4, 2, 1])
@@ -258,7 +260,7 @@ def register_mask(image: sitk.Image, template: sitk.Image, template_mask: sitk.I
         ``(mask, transform)``: uint8 0/1 mask with the image's geometry; the transform maps
         template points to image points.
     """
-    from .masks import _fill, largest_component, otsu_threshold
+    from .masks import fill_holes, largest_component, otsu_threshold
 
     p = {"hu": -300.0, "opening_vox": 1, "margin_mm": MARGIN_MM, "stages": STAGES, "spacing": WORK_SPACING,
          **(params or {})}
@@ -280,7 +282,7 @@ def register_mask(image: sitk.Image, template: sitk.Image, template_mask: sitk.I
     fg = largest_component(fg)
     if not fg.any():
         raise GbmsegError(f"mask method 'register' found no foreground inside the warped template ({p})")
-    return from_array(_fill(fg).astype(np.uint8), image), transform
+    return from_array(fill_holes(fg).astype(np.uint8), image), transform
 
 
 def mask_from_params(image: sitk.Image, params: dict) -> tuple[sitk.Image, sitk.Transform]:

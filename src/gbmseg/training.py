@@ -236,13 +236,21 @@ def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], 
     if (out / "config.json").exists():
         old = json.loads((out / "config.json").read_text())
         new = {"mode": mode, "seed": seed, "train_cases": list(train_cases), "val_cases": list(val_cases),
-               "config": config}
-        if any(old.get(k) != v for k, v in new.items()):
+               "config": _without_budget(config)}
+        if any((_without_budget(old[k]) if k == "config" else old.get(k)) != v for k, v in new.items()):
             raise GbmsegError(f"{out}: holds a run with another mode, seed, cases or config; "
                               "choose another output folder")
     if (out / "result.json").exists() and (out / "model.pt").exists():
         return json.loads((out / "result.json").read_text())
     return Trainer(cache, mode, train_cases, val_cases, config, out, seed, device, progress).fit()
+
+
+def _without_budget(config: dict) -> dict:
+    """A config minus what may change when a run is continued (budget, patience, description)."""
+    cfg = {k: v for k, v in config.items() if k != "description"}
+    cfg["training"] = {k: v for k, v in config.get("training", {}).items()
+                       if k not in ("max_iterations", "max_time_s", "patience")}
+    return cfg
 
 
 def _logger(path: Path) -> logging.Logger:
