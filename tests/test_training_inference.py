@@ -93,6 +93,13 @@ def test_predict_keeps_input_geometry_and_makes_its_own_mask(toy_dataset, tmp_pa
     np.testing.assert_allclose(a.affine, b.affine, atol=1e-4)
     assert b.get_data_dtype() == np.uint8
     assert set(np.unique(np.asarray(b.dataobj))) <= {0, 1, 2}
+    # folder mode: nnU-Net channel files collapse to one case; other names are kept whole
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a_0000.nii.gz", "a_0001.nii.gz", "ct_2020.nii.gz"):
+        write_image(image, folder / name)
+    predict_folder(model, folder, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "ct_2020.nii.gz"]
 
 
 def test_predict_errors(toy_dataset, tmp_path):

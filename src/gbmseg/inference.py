@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,16 +94,15 @@ def predict_file(model: Model, image_path: str | Path, out_path: str | Path,
     return write_image(seg, out_path)
 
 
-def case_name(path: Path) -> str:
-    """``head_001_0000.nii.gz`` -> ``head_001`` (nnU-Net channel suffix dropped); folders keep their name."""
+def _split_name(path: Path) -> tuple[str, str | None]:
+    """``head_001_0000.nii.gz`` -> (``head_001``, ``0000``); names without a channel suffix -> (name, None)."""
     name = path.name
     for suffix in IMAGE_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
-        name = name[:-5]
-    return name
+    match = re.fullmatch(r"(.+)_(\d{4})", name)
+    return (match[1], match[2]) if match else (name, None)
 
 
 def predict_folder(model: Model, in_dir: str | Path, out_dir: str | Path, mask_dir: str | Path | None = None,
@@ -112,14 +112,20 @@ def predict_folder(model: Model, in_dir: str | Path, out_dir: str | Path, mask_d
     Masks, if given, are ``mask_dir/<case>.nii.gz``. Existing outputs are skipped unless ``overwrite``.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    files = sorted(p for p in in_dir.iterdir() if p.name.endswith(IMAGE_SUFFIXES)
-                   and (not p.name.endswith(".nii.gz") or case_name(p) + "_0000.nii.gz" == p.name
-                        or not p.name[:-7].rsplit("_", 1)[-1].isdigit()))
-    if not files:
+    images = sorted(p for p in in_dir.iterdir() if p.name.endswith(IMAGE_SUFFIXES))
+    nnunet_cases = {case for case, channel in map(_split_name, images) if channel == "0000"}
+    todo = {}  # case -> first-channel file; nnU-Net's other channels (_0001, ...) are skipped
+    for path in images:
+        case, channel = _split_name(path)
+        if case in nnunet_cases:
+            if channel == "0000":
+                todo[case] = path
+        else:
+            todo[case if channel is None else f"{case}_{channel}"] = path
+    if not todo:
         raise GbmsegError(f"{in_dir}: no image files found")
     written = []
-    for path in tqdm(files, desc="predict", disable=not progress):
-        case = case_name(path)
+    for case, path in tqdm(sorted(todo.items()), desc="predict", disable=not progress):
         out = out_dir / f"{case}.nii.gz"
         if out.exists() and not overwrite:
             written.append(out)
