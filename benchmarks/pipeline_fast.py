@@ -10,7 +10,6 @@ git). Finished trainings are reused, so an interrupted benchmark resumes where i
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path

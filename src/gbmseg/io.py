@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,42 +70,43 @@ def _check_nifti_finite(path: Path) -> None:
         raise GbmsegError(f"{path}: image contains NaN or infinite values")
 
 
-def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
-    """Write ``image`` to ``path`` atomically: a temporary file in the same folder, then rename.
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
 
-    A crash or an error never leaves a half-written file at ``path``.
+    Every file gbmseg writes goes through here, so an interrupted or failed write never leaves
+    a half-written file under the final name.
+
+    Example:
+        >>> with atomic_path("out/report.md") as tmp:          # doctest: +SKIP
+        ...     tmp.write_text("# done")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="".join(path.suffixes), dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, compress)
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return path
+
+
+def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
+    """Write ``image`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+    return Path(path)
 
 
 def write_text(text: str, path: PathLike) -> Path:
-    """Write a text file atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Write a text file atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def to_array(image: sitk.Image) -> np.ndarray:

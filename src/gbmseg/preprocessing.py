@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .dataset import Dataset
 from .errors import GbmsegError
-from .io import read_image, same_geometry, to_array, write_text
+from .io import atomic_path, read_image, same_geometry, to_array, write_text
 from .masks import read_mask_record
 
 CT_OUTSIDE = -1024.0
@@ -156,9 +156,8 @@ def _one_case(args: tuple) -> str:
     if not data["label"].any():
         raise GbmsegError(f"{label_path}: no labelled voxel inside the model-grid crop "
                           f"(crop {prep['size']} at {prep['spacing']} mm around the global mask)")
-    tmp = out_dir / f".tmp_{case}.npz"
-    np.savez_compressed(tmp, image=data["image"].astype(np.float16), mask=data["mask"], label=data["label"])
-    tmp.replace(out_dir / f"{case}.npz")
+    with atomic_path(out_dir / f"{case}.npz") as tmp:
+        np.savez_compressed(tmp, image=data["image"].astype(np.float16), mask=data["mask"], label=data["label"])
     write_text(json.dumps({"case": case, "grid": data["grid"], "image": str(image_path),
                            "mask": str(mask_path), "label": str(label_path)}, indent=1),
                out_dir / f"{case}.json")

@@ -25,8 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +35,7 @@ from scipy import ndimage
 
 from .dataset import Dataset
 from .errors import GbmsegError
-from .io import PathLike, from_array, read_image, to_array, write_image
+from .io import PathLike, atomic_path, from_array, read_image, to_array, write_image
 
 STAGES = ("rigid", "affine")
 PHANTOM_TEMPLATES = {"phantom": "head", "phantom:head": "head", "phantom:heart": "heart"}
@@ -319,15 +317,6 @@ def write_registered_mask(image: sitk.Image, mask_path: PathLike, params: dict) 
 
 def write_transform(transform: sitk.Transform, path: PathLike) -> Path:
     """``sitk.WriteTransform`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".tfm", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteTransform(transform, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        sitk.WriteTransform(transform, str(tmp))
+    return Path(path)

@@ -33,9 +33,7 @@ import base64
 import html
 import io
 import json
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,7 +49,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from scipy import stats
 
-from .io import PathLike, read_image, same_geometry, to_array, write_text
+from .io import PathLike, atomic_path, read_image, same_geometry, to_array, write_text
 
 MODE_ORDER = ["image", "mask", "image+mask"]
 MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask"}
@@ -409,11 +407,8 @@ def render_md(title: str, blocks: list[tuple]) -> str:
 
 
 def _write_bytes(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame, unfinished: list[str]) -> list[str]:

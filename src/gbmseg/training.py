@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import __version__
 from .config import channels_for_mode
 from .errors import GbmsegError
-from .io import write_text
+from .io import atomic_path, write_text
 from .network import build_network
 from .preprocessing import load_case, load_plan
 
@@ -128,9 +128,8 @@ class Trainer:
         ckpt = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict(), "state": dict(self.state),
                 "torch_rng": torch.get_rng_state(), "sampler_rng": self.gen.get_state()}
-        tmp = self.out / ".last.pt.tmp"
-        torch.save(ckpt, tmp)
-        tmp.replace(self.out / "last.pt")
+        with atomic_path(self.out / "last.pt") as tmp:
+            torch.save(ckpt, tmp)
 
     def _resume(self) -> bool:
         path = self.out / "last.pt"
@@ -218,9 +217,8 @@ class Trainer:
         self.log.info("it %d train_loss %.4f val_loss %.4f val_dice %.4f", it, row["train_loss"], val_loss, val_dice)
         if val_dice > self.state["best_dice"]:
             self.state.update(best_dice=val_dice, best_iteration=it, bad_evals=0, time_to_best=row["wall_s"])
-            tmp = self.out / ".model.pt.tmp"
-            torch.save({"model": self.net.state_dict()}, tmp)
-            tmp.replace(self.out / "model.pt")
+            with atomic_path(self.out / "model.pt") as tmp:
+                torch.save({"model": self.net.state_dict()}, tmp)
         else:
             self.state["bad_evals"] += 1
         self._save_last()
@@ -303,7 +301,6 @@ def plot_history(history_csv: Path, out_png: Path) -> None:
     ax[1].plot(h["iteration"], h["val_dice"], color="C2")
     ax[1].set(xlabel="iteration", ylabel="mean Dice", title="validation Dice", ylim=(0, 1))
     fig.tight_layout()
-    tmp = Path(out_png).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    tmp.replace(out_png)
