@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 from conftest import tiny_config, write_toy_dataset
 
@@ -79,3 +80,5 @@ def test_kill_minus_9_loses_no_finished_run(tmp_path):
     assert len(metrics) == len(job_dirs) * 2  # one test case x two structures per run
     assert set(metrics["job"]) == {j.name for j in job_dirs}
     assert len(collect_metrics(sweep)) == len(metrics)
+    quality = pd.read_csv(sweep / "mask_quality.csv")  # stated in the report
+    assert len(quality) == 6 and quality["dice"].between(0, 1).all()

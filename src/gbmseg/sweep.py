@@ -9,6 +9,7 @@ A sweep folder::
         predictions/<case>.nii.gz  test-set predictions in the images' own geometry
         metrics.csv              evaluation rows (+ job, mode, n_train, seed)
         done.json                written last: the job is finished
+    mask_quality.csv             global masks scored against the union of the labels
     report/                      written by :mod:`gbmseg.report`
 
 Training subsets are nested per seed: the seed's permutation of the training pool, first N cases,
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from .config import MODES, load_config
 from .dataset import Dataset
 from .errors import GbmsegError
-from .evaluation import evaluate_folder
+from .evaluation import evaluate_folder, evaluate_masks
 from .inference import load_model, predict_file
 from .io import write_text
 from .masks import read_mask_record
@@ -163,6 +164,9 @@ def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
     ds = Dataset(sweep["dataset"], work=sweep["work"])
     preprocess_dataset(ds, sweep["config"], workers=workers, progress=progress)
+    quality = sweep_dir / "mask_quality.csv"
+    if not quality.exists():  # how good the global masks are (Dice against the union of the labels)
+        evaluate_masks(ds.mask_dir, ds.label_path(ds.cases[0]).parent, out_csv=quality)
     todo = jobs(sweep_dir)
     finished = sum((j / "done.json").exists() for j in todo)
     bar = tqdm(total=len(todo), initial=finished, desc="sweep runs", unit="run", disable=not progress)
