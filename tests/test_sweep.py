@@ -82,3 +82,18 @@ def test_kill_minus_9_loses_no_finished_run(tmp_path):
     assert len(collect_metrics(sweep)) == len(metrics)
     quality = pd.read_csv(sweep / "mask_quality.csv")  # stated in the report
     assert len(quality) == 6 and quality["dice"].between(0, 1).all()
+
+
+def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
+    """The README's main command, shrunk to seconds (same code path, tiny training)."""
+    from gbmseg.demo import run_demo
+
+    html = run_demo(tmp_path / "demo", progress=False, sizes=[1],
+                    overrides=["training.max_iterations=4", "training.val_interval=2", "network.base_channels=4",
+                               "preprocessing.size=[32,32,32]", "preprocessing.spacing=[6,6,6]"])
+    text = html.read_text()
+    assert html.exists() and "data:image/png;base64" in text
+    for section in ("Dice per structure", "Training time", "image+mask"):
+        assert section in text
+    assert len(list((html.parent / "figures").glob("overlay_*.png"))) == 3
+    assert len(pd.read_csv(html.parent / "dice.csv")) > 0

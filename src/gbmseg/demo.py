@@ -16,8 +16,8 @@ from .phantoms import write_phantom_dataset
 from .report import make_report
 from .sweep import plan_sweep, run_sweep
 
-N_CASES = 14
-SIZES = [1, 2, 4]
+N_CASES = 12
+SIZES = [1, 4]
 
 
 def run_demo(out_dir: str | Path = "gbmseg_demo", device: str | None = None, progress: bool = True,
@@ -30,6 +30,6 @@ def run_demo(out_dir: str | Path = "gbmseg_demo", device: str | None = None, pro
     ds = Dataset(data)
     make_dataset_masks(ds, "threshold", progress=progress)
     sweep_dir = plan_sweep(ds, out / "sweep", sizes=sizes or SIZES, seeds=list(range(seeds)), preset="demo",
-                           overrides=overrides, val=[c for c in ds.cases[-6:-4]], test=ds.cases[-4:])
+                           overrides=overrides, val=ds.cases[-4:-3], test=ds.cases[-3:])
     run_sweep(sweep_dir, device=device, progress=progress)
     return make_report(sweep_dir)
