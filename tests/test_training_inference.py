@@ -142,3 +142,11 @@ def test_end_to_end_beats_chance_on_held_out_cases(tmp_path):
     df = evaluate_folder(tmp_path / "pred", root / "labelsTr", cases=ds.cases[8:])
     # chance: a structure is about 1% of the volume, so a random guess scores Dice ~0.01
     assert df["dice"].mean() > 0.5, df
+
+
+def test_time_budget_stops_training(toy_dataset, tmp_path):
+    ds, cache = _prepared(toy_dataset, tmp_path)
+    cfg = tiny_config(max_iterations=100000, val_interval=1000, max_time_s=1.0)
+    result = train(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert result["stop_reason"] == "time_budget"
+    assert 0 < result["iterations"] < 100000 and (tmp_path / "run" / "model.pt").exists()  # validated before stopping

@@ -427,7 +427,9 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
         q = pd.read_csv(mq)
         items.append(f"Mask quality vs union of labels ({len(q)} cases): Dice {_fmt(q['dice'].mean(), q['dice'].std(), 3)}, "
                      f"volume error {_fmt(q['volume_error_pct'].mean(), q['volume_error_pct'].std(), 1)} %, "
-                     f"COM distance {_fmt(q['com_mm'].mean(), q['com_mm'].std(), 1)} mm")
+                     f"COM distance {_fmt(q['com_mm'].mean(), q['com_mm'].std(), 1)} mm "
+                     "(meaningful where the labels make up the whole organ, e.g. the heart; a head mask "
+                     "is much larger than its labelled structures)")
     started = len(runs) + len(unfinished)
     listed = ", ".join(unfinished[:10]) + (", ..." if len(unfinished) > 10 else "")
     items.append(f"Jobs: {len(runs)} of {planned} planned finished; {len(unfinished)} started but unfinished "

@@ -188,14 +188,12 @@ class Trainer:
             running.append(float(loss.detach()))
             self.state["iteration"] += 1
             bar.update(1)
-            if self.state["iteration"] % interval == 0 or self.state["iteration"] == max_it:
-                stop = self._after_interval(running, start, patience)
+            out_of_time = time.time() - start > budget  # checked every iteration, validated once more
+            if self.state["iteration"] % interval == 0 or self.state["iteration"] == max_it or out_of_time:
+                stop = self._after_interval(running, start, patience) or ("time_budget" if out_of_time else None)
                 running = []
                 bar.set_postfix(val_dice=f"{self.state['best_dice']:.3f}")
                 if stop:
-                    break
-                if time.time() - start > budget:
-                    stop = "time_budget"
                     break
         bar.close()
         result = {"best_iteration": self.state["best_iteration"], "best_val_dice": self.state["best_dice"],
