@@ -126,3 +126,9 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_image(img, tmp_path / "out.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_dataset_json(toy_dataset):
+    (toy_dataset / "dataset.json").write_text("{not json")
+    with pytest.raises(GbmsegError, match="dataset.json: invalid JSON"):
+        Dataset(toy_dataset)

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from .errors import GbmsegError
+from .io import read_json
 
 PRESET_DIR = Path(__file__).parent / "presets"
 MODES = {"image": ("image",), "mask": ("mask",), "image+mask": ("image", "mask")}
@@ -33,10 +34,7 @@ def load_config(preset: str = "fast", overrides: list[str] | None = None) -> dic
         path = Path(preset)
     if not path.is_file():
         raise GbmsegError(f"unknown preset '{preset}' (built-in: {', '.join(presets())}, or a JSON file)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GbmsegError(f"{path}: invalid JSON ({exc})") from None
+    cfg = read_json(path)
     for item in overrides or []:
         set_value(cfg, item)
     return cfg

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .errors import GbmsegError
-from .io import read_image, same_geometry, to_array
+from .io import read_image, read_json, same_geometry, to_array
 
 CT_NAMES = {"ct", "cta", "cect"}
 
@@ -65,10 +64,7 @@ class Dataset:
         meta_path = self.root / "dataset.json"
         if not meta_path.is_file():
             raise GbmsegError(f"{meta_path}: not found (a dataset folder needs a dataset.json)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise GbmsegError(f"{meta_path}: invalid JSON ({exc})") from None
+        meta = read_json(meta_path)
         self.name = str(meta.get("name", self.root.name))
         if "training" in meta:
             self._read_msd(meta, meta_path)

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -107,6 +108,14 @@ def write_text(text: str, path: PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def read_json(path: PathLike):
+    """Parse a JSON file; a syntax error becomes a :class:`GbmsegError` naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise GbmsegError(f"{path}: invalid JSON ({exc})") from None
 
 
 def to_array(image: sitk.Image) -> np.ndarray:
