@@ -170,26 +170,26 @@ def preprocess_dataset(dataset: Dataset, config: dict, workers: int = 1, progres
 
     Needs global masks (``gbmseg masks``). Returns the cache folder.
     """
-    if validate:
-        dataset.validate(progress=progress)
     mask_record = read_mask_record(dataset)
     prep = config["preprocessing"]
     out_dir = cache_dir(dataset, config["name"])
-    out_dir.mkdir(parents=True, exist_ok=True)
     plan = {"preset": config["name"], "preprocessing": prep, "masks": mask_record,
             "modality": dataset.modality, "labels": dataset.labels, "dataset": str(dataset.root),
             "channels": dataset.channels}
     plan_path = out_dir / "plan.json"
     same_plan = plan_path.exists() and json.loads(plan_path.read_text()) == plan
+    todo = [c for c in dataset.cases if not same_plan or not (out_dir / f"{c}.npz").exists()
+            or not (out_dir / f"{c}.json").exists()]
+    if validate and todo:  # checked before anything is written; cached cases were checked when cached
+        dataset.validate(todo, progress=progress)
+    for c in todo:
+        if not dataset.mask_path(c).exists():
+            raise GbmsegError(f"{dataset.mask_path(c)}: global mask missing; run 'gbmseg masks' again")
+    out_dir.mkdir(parents=True, exist_ok=True)
     if not same_plan:
         for old in out_dir.glob("*.npz"):
             old.unlink()
     write_text(json.dumps(plan, indent=2), plan_path)
-    todo = [c for c in dataset.cases if not (out_dir / f"{c}.npz").exists()
-            or not (out_dir / f"{c}.json").exists()]
-    for c in todo:
-        if not dataset.mask_path(c).exists():
-            raise GbmsegError(f"{dataset.mask_path(c)}: global mask missing; run 'gbmseg masks' again")
     jobs = [(c, dataset.image_path(c), dataset.mask_path(c), dataset.label_path(c), prep,
              dataset.modality, out_dir) for c in todo]
     desc = f"preprocess ({config['name']})"
