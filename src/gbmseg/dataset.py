@@ -182,8 +182,9 @@ def check_image(image: sitk.Image, path: Path) -> None:
             raise GbmsegError(f"{path}: image contains NaN or infinite values")
 
 
-def check_label(label: sitk.Image, path: Path, allowed: set[int]) -> None:
-    """Raise if ``label`` is not integer-valued, has undeclared values, or is empty."""
+def label_array(label: sitk.Image, path, allowed: set[int] | None = None) -> np.ndarray:
+    """Integer voxel array of a label map; raise (naming ``path``) on NaN, non-integer values, a
+    non-numeric dtype, or non-zero values outside ``allowed`` (unless ``allowed`` is None)."""
     arr = to_array(label)
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
@@ -192,14 +193,18 @@ def check_label(label: sitk.Image, path: Path, allowed: set[int]) -> None:
             raise GbmsegError(f"{path}: label map has non-integer values (dtype {arr.dtype})")
     elif arr.dtype.kind not in "iub":
         raise GbmsegError(f"{path}: label map has unsupported dtype {arr.dtype}")
-    values = set(np.unique(arr).astype(int).tolist())
-    undeclared = values - allowed - {0}
-    if undeclared:
-        raise GbmsegError(
-            f"{path}: label values {sorted(undeclared)} are not declared in dataset.json "
-            f"(declared: {sorted(allowed)})"
-        )
-    if values <= {0}:
+    arr = arr.astype(np.int64)
+    if allowed is not None:
+        undeclared = set(np.unique(arr).tolist()) - allowed - {0}
+        if undeclared:
+            raise GbmsegError(f"{path}: label values {sorted(undeclared)} are not declared "
+                              f"(declared: {sorted(allowed)})")
+    return arr
+
+
+def check_label(label: sitk.Image, path: Path, allowed: set[int]) -> None:
+    """Raise if ``label`` is not integer-valued, has undeclared values, or is empty."""
+    if not label_array(label, path, allowed).any():
         raise GbmsegError(f"{path}: label map is empty (only background)")
 
 

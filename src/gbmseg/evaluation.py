@@ -22,8 +22,9 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 from tqdm import tqdm
 
+from .dataset import label_array
 from .errors import GbmsegError
-from .io import PathLike, read_image, same_geometry, to_array, write_text
+from .io import PathLike, read_image, same_geometry, write_text
 
 COLUMNS = ["case", "structure", "label", "dice", "com_mm", "hd95_mm", "asd_mm",
            "ref_voxels", "pred_voxels", "ref_ml", "pred_ml", "status"]
@@ -45,24 +46,6 @@ def _clean_labels(labels: dict) -> dict[str, int]:
         if str(name).lower() != "background" and value != 0:
             out[str(name)] = value
     return out
-
-
-def _checked_array(image: sitk.Image, allowed: set[int] | None, name: str) -> np.ndarray:
-    """Integer label array of ``image``; GbmsegError naming ``name`` on NaN, non-integer values
-    or (unless ``allowed`` is None) non-zero values outside ``allowed``."""
-    arr = to_array(image)
-    if arr.dtype.kind == "f":
-        if np.isnan(arr).any():
-            raise GbmsegError(f"{name}: contains NaN values")
-        if not np.array_equal(arr, np.round(arr)):
-            raise GbmsegError(f"{name}: non-integer label values")
-    arr = arr.astype(np.int64)
-    if allowed is None:
-        return arr
-    bad = sorted(set(np.unique(arr).tolist()) - allowed - {0})
-    if bad:
-        raise GbmsegError(f"{name}: label values {bad} not in the labels {sorted(allowed)}")
-    return arr
 
 
 def _check_geometry(pred: sitk.Image, ref: sitk.Image, name: str) -> None:
@@ -142,8 +125,8 @@ def evaluate_case(pred: sitk.Image, ref: sitk.Image, labels: dict[str, int], cas
     who = f"case {case}" if case else "case"
     _check_geometry(pred, ref, f"{who} prediction")
     allowed = set(labels.values())
-    p = _checked_array(pred, allowed, f"{who} prediction")
-    r = _checked_array(ref, allowed, f"{who} reference")
+    p = label_array(pred, f"{who} prediction", allowed)
+    r = label_array(ref, f"{who} reference", allowed)
     return _evaluate_arrays(p, r, ref, labels, case)
 
 
@@ -172,7 +155,7 @@ def _find_labels(ref_dir: Path, cases: list[str], file_ending: str) -> dict[str,
     values: set[int] = set()
     for case in cases:
         path = ref_dir / f"{case}{file_ending}"
-        values |= {int(v) for v in np.unique(_checked_array(read_image(path), None, str(path))) if v != 0}
+        values |= {int(v) for v in np.unique(label_array(read_image(path), path)) if v != 0}
     return {f"label_{v}": v for v in sorted(values)}
 
 
@@ -207,8 +190,8 @@ def evaluate_folder(pred_dir: PathLike, ref_dir: PathLike, labels: dict[str, int
         pred_path, ref_path = pred_dir / f"{case}{file_ending}", ref_dir / f"{case}{file_ending}"
         pred, ref = read_image(pred_path), read_image(ref_path)
         _check_geometry(pred, ref, str(pred_path))
-        p = _checked_array(pred, allowed, str(pred_path))
-        r = _checked_array(ref, allowed, str(ref_path))
+        p = label_array(pred, pred_path, allowed)
+        r = label_array(ref, ref_path, allowed)
         rows += _evaluate_arrays(p, r, ref, labels, case)
     df = pd.DataFrame(rows, columns=COLUMNS)
     if out_csv is not None:
@@ -258,8 +241,8 @@ def evaluate_masks(mask_dir: PathLike, ref_dir: PathLike, out_csv: PathLike | No
             raise GbmsegError(f"{mask_path}: mask missing for reference case {case}")
         mask, ref = read_image(mask_path), read_image(ref_path)
         _check_geometry(mask, ref, str(mask_path))
-        m = _checked_array(mask, {1}, str(mask_path)) > 0
-        s = _score(m, _checked_array(ref, None, str(ref_path)) != 0, ref, surfaces=False)
+        m = label_array(mask, mask_path, {1}) > 0
+        s = _score(m, label_array(ref, ref_path) != 0, ref, surfaces=False)
         err = 100.0 * (s["pred_ml"] - s["ref_ml"]) / s["ref_ml"] if s["ref_voxels"] else NAN
         rows.append(dict(case=case, dice=s["dice"], volume_error_pct=err, mask_ml=s["pred_ml"],
                          ref_ml=s["ref_ml"], com_mm=s["com_mm"]))
