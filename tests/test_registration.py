@@ -11,7 +11,7 @@ from gbmseg.errors import GbmsegError
 from gbmseg.io import read_image
 from gbmseg.masks import IMAGE_METHODS, make_dataset_masks, make_mask
 from gbmseg.phantoms import make_phantom, write_phantom_dataset
-from gbmseg.registration import register, resolve_params, template_image, transform_path
+from gbmseg.registration import register, register_mask, resolve_params, template_image, transform_path
 
 SPACING, SIZE = 4.0, 48
 
@@ -160,3 +160,79 @@ def test_template_sources_and_errors(tmp_path):
     image, _ = make_phantom("head", 1, "CT", SPACING, SIZE)
     with pytest.raises(GbmsegError, match="stages"):
         register(image, image, stages=("affine", "rigid"))
+
+
+def _angle_deg(a, b) -> float:
+    """Angle (degrees) of the rotation taking ``b`` to ``a``."""
+    cos = (np.trace(np.asarray(a) @ np.asarray(b).T) - 1) / 2
+    return float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
+
+
+def test_template_frame_crops_a_tilted_head_upright():
+    """``preprocessing.frame = "template"``: the crop's axes follow the template, so a head tilted by
+    12/5 degrees is cropped as if it were upright (its label crop matches the untilted one), while
+    the scanner-axis crop does not; voxels stay 4 mm (no scaling)."""
+    from gbmseg.preprocessing import preprocess_image, standard_axes
+
+    template, tmask = make_phantom("head", 99, "CT", SPACING, SIZE)  # another subject
+    tmask = make_mask(template, "threshold")
+    image, label = make_phantom("head", 3, "CT", SPACING, SIZE)
+    truth = _truth()
+    moved, moved_label = _moved(image, label, truth)
+    prep = {"spacing": [SPACING] * 3, "size": [40] * 3, "ct_window": [-200, 200], "frame": "template"}
+    crops, axes = {}, {}
+    for name, (img, lab) in {"upright": (image, label), "tilted": (moved, moved_label)}.items():
+        mask, transform = register_mask(img, template, tmask)
+        data = preprocess_image(img, mask, prep, "CT", label=lab, name=name, transform=transform)
+        crops[name] = data["label"]
+        axes[name] = np.reshape(data["grid"]["direction"], (3, 3))
+        assert data["grid"]["spacing"] == [SPACING] * 3
+        assert np.allclose(axes[name] @ axes[name].T, np.eye(3), atol=1e-6)  # a rotation
+        assert axes[name] == pytest.approx(standard_axes(transform, (0, 0, 0)), abs=0.05)
+    # moved(x) = image(truth(x)): the tilted head's axes are the upright head's, turned by truth^-1
+    turn = np.reshape(truth.GetInverse().GetMatrix(), (3, 3))
+    assert _angle_deg(axes["tilted"], turn @ axes["upright"]) < 3.0
+    assert _angle_deg(axes["tilted"], axes["upright"]) > 9.0
+    standard = _dice(crops["tilted"], crops["upright"])
+    scanner = {}
+    for name, (img, lab) in {"upright": (image, label), "tilted": (moved, moved_label)}.items():
+        data = preprocess_image(img, make_mask(img, "threshold"), {**prep, "frame": "scan"}, "CT", label=lab)
+        scanner[name] = data["label"]
+    assert standard > 0.8
+    assert standard > _dice(scanner["tilted"], scanner["upright"]) + 0.1
+
+
+def test_template_frame_needs_register_masks_and_predicts_in_input_geometry(tmp_path):
+    """The standard frame end to end on a phantom dataset: transforms read from the mask folder,
+    a clear error for masks without transforms, and prediction (which registers the new scan, with
+    or without a given mask) returns the input's geometry."""
+    from conftest import tiny_config
+
+    from gbmseg.inference import load_model, predict_image
+    from gbmseg.preprocessing import preprocess_dataset
+    from gbmseg.training import train
+
+    root = write_phantom_dataset(tmp_path / "Heads", n=3, spacing=SPACING, size=SIZE)
+    ds = Dataset(root, work=tmp_path / "work")
+    cfg = tiny_config(max_iterations=2, val_interval=1)
+    cfg["preprocessing"]["frame"] = "template"
+    make_dataset_masks(ds, "threshold", progress=False)
+    with pytest.raises(GbmsegError, match="needs masks made with --method register"):
+        preprocess_dataset(ds, cfg, progress=False)
+    make_dataset_masks(ds, "register", progress=False)
+    cache = preprocess_dataset(ds, cfg, progress=False)
+    grid = json.loads((cache / f"{ds.cases[0]}.json").read_text())["grid"]
+    assert not np.allclose(np.reshape(grid["direction"], (3, 3)), np.eye(3))  # phantoms are tilted
+    ds.mask_dir.joinpath(f"{ds.cases[1]}_to_template.tfm").unlink()
+    (cache / f"{ds.cases[1]}.npz").unlink()
+    with pytest.raises(GbmsegError, match="_to_template.tfm: not found"):
+        preprocess_dataset(ds, cfg, progress=False)
+    make_dataset_masks(ds, "register", overwrite=True, progress=False)
+    cache = preprocess_dataset(ds, cfg, progress=False)
+    train(cache, "image+mask", ds.cases[:2], ds.cases[2:], cfg, tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run")
+    image, _ = make_phantom("head", 42, "CT", 3.5, 52)
+    for mask in (None, make_mask(image, "threshold")):
+        seg = predict_image(model, image, mask)
+        assert seg.GetSize() == image.GetSize() and seg.GetDirection() == image.GetDirection()
+        assert np.allclose(seg.GetOrigin(), image.GetOrigin())

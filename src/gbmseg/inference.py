@@ -1,8 +1,10 @@
 """Prediction: image (and optionally a ready global mask) in, label map out in the input's geometry.
 
 If the model needs a global mask (every model does, to place its crop) and none is given, it is
-made from the image with the method recorded at training time (``threshold`` or ``otsu``). A
-model trained on label-derived masks cannot make its own and asks for ``--mask``.
+made from the image with the method recorded at training time (``threshold``, ``otsu``,
+``register``, ``model``). A model trained on label-derived masks cannot make its own and asks for
+``--mask``. A model whose crops are taken in the template's standard frame
+(``preprocessing.frame = "template"``) registers the scan to its template, also when a mask is given.
 
 Example:
     >>> model = load_model("runs/x")                                      # doctest: +SKIP
@@ -25,7 +27,7 @@ from .errors import GbmsegError
 from .io import read_image, to_array, write_image
 from .masks import IMAGE_METHODS, make_mask
 from .network import UNet3D, build_network
-from .preprocessing import preprocess_image, to_original_geometry
+from .preprocessing import frame_of, preprocess_image, to_original_geometry
 from .training import select_device, stack_inputs
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -71,13 +73,24 @@ def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = Non
                   name: str = "image") -> sitk.Image:
     """Label map (uint8) for ``image`` with exactly its size, spacing, origin and direction."""
     check_image(image, Path(name))
-    if mask is None:
+    prep = model.info["config"]["preprocessing"]
+    rec = model.info["masks"]
+    standard_frame = frame_of(prep) == "template"
+    transform = None
+    if mask is None and standard_frame and rec["method"] == "register":
+        from .registration import mask_from_params
+
+        mask, transform = mask_from_params(image, rec.get("params") or {})
+    elif mask is None:
         mask = global_mask_for(model, image, name)
     elif not (to_array(mask) > 0).any():
         raise GbmsegError(f"{name}: the given global mask is empty")
+    if standard_frame and transform is None:
+        from .registration import transform_from_params
+
+        transform = transform_from_params(image, rec.get("params") or {})
     mask = sitk.Cast(mask > 0, sitk.sitkUInt8) if mask.GetPixelID() != sitk.sitkUInt8 else mask
-    prep = model.info["config"]["preprocessing"]
-    data = preprocess_image(image, mask, prep, model.info["modality"], name=name)
+    data = preprocess_image(image, mask, prep, model.info["modality"], name=name, transform=transform)
     x = torch.from_numpy(stack_inputs(data, model.mode))[None].to(model.device)
     with torch.no_grad(), torch.autocast(model.device.type, enabled=model.device.type == "cuda"):
         probs = torch.softmax(model.net(x).float(), dim=1)[0].cpu().numpy()

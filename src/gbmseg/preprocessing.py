@@ -1,10 +1,18 @@
 """Preprocessing: resample and crop onto the *model grid*, normalise, cache.
 
-The model grid of a case is a fixed-size, fixed-spacing box with identity direction (LPS axes)
-centred on the centre of the global mask's bounding box. One SimpleITK resampling puts image
-(linear), mask and label (nearest) onto it, which does resampling, reorientation and crop/pad in
-one step. The crop never looks at the label. The grid (origin, spacing, size) is all that is
-needed to map a prediction back: :func:`to_original_geometry` resamples it onto the input image.
+The model grid of a case is a fixed-size, fixed-spacing box centred on the centre of the global
+mask's bounding box. Its axes depend on ``preprocessing.frame``:
+
+- ``"scan"`` (default): identity direction, the scanner's LPS axes;
+- ``"template"``: the *standard frame*, the template's axes carried into the scan by the rotation
+  part of the registration transform (mask method ``register``), so that every crop sees the
+  anatomy in the template's orientation (a tilted head is cropped upright). Scaling is left out:
+  voxels stay ``spacing`` mm, and the mask still tells the network how big the anatomy is.
+
+One SimpleITK resampling puts image (linear), mask and label (nearest) onto the grid, which does
+resampling, reorientation and crop/pad in one step. The crop never looks at the label. The grid
+(origin, spacing, size, direction) is all that is needed to map a prediction back:
+:func:`to_original_geometry` resamples it onto the input image.
 
 Intensities: CT is clipped to a HU window and scaled to [0, 1]; MR (any other modality) is
 scaled so that the given percentiles of the crop map to 0 and 1, then clipped.
@@ -39,15 +47,63 @@ from .masks import read_mask_record
 CT_OUTSIDE = -1024.0
 
 
-def model_grid(center, spacing, size) -> sitk.Image:
-    """An empty reference image: ``size`` voxels of ``spacing`` mm, identity direction, centred at ``center``."""
+FRAMES = ("scan", "template")
+
+
+def model_grid(center, spacing, size, direction=None) -> sitk.Image:
+    """An empty reference image: ``size`` voxels of ``spacing`` mm centred at ``center``.
+
+    ``direction`` is a 3x3 rotation whose columns are the grid's axes in world coordinates
+    (identity if ``None``).
+    """
     spacing = np.asarray(spacing, dtype=float)
     size = np.asarray(size, dtype=int)
-    origin = np.asarray(center, dtype=float) - spacing * (size - 1) / 2.0
+    rot = np.eye(3) if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
+    origin = np.asarray(center, dtype=float) - rot @ (spacing * (size - 1) / 2.0)
     grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
     grid.SetSpacing(spacing.tolist())
     grid.SetOrigin(origin.tolist())
+    grid.SetDirection(rot.ravel().tolist())
     return grid
+
+
+def standard_axes(transform: sitk.Transform, point) -> np.ndarray:
+    """The template's axes in scan coordinates: the rotation nearest to the local linear part of
+    ``transform`` (template -> scan points) at the scan ``point``.
+
+    The Jacobian is taken by central differences (any transform type, composites too) and its
+    rotation part by polar decomposition, so scaling and shear are dropped.
+    """
+    try:
+        x0 = np.array(transform.GetInverse().TransformPoint([float(v) for v in point]))
+    except RuntimeError as exc:
+        raise GbmsegError(f"registration transform is not invertible ({str(exc).strip().splitlines()[-1]})") from None
+    h = 10.0  # mm
+    jac = np.stack([(np.array(transform.TransformPoint((x0 + h * e).tolist()))
+                     - np.array(transform.TransformPoint((x0 - h * e).tolist()))) / (2 * h) for e in np.eye(3)], 1)
+    u, _, vt = np.linalg.svd(jac)
+    rot = u @ vt
+    if np.linalg.det(rot) < 0:  # a reflection is not an orientation
+        u[:, -1] *= -1
+        rot = u @ vt
+    return rot
+
+
+def mask_center(mask: sitk.Image, path: str = "mask", axes=None) -> np.ndarray:
+    """World coordinates (mm) of the centre of the mask's bounding box, the box aligned with ``axes``
+    (3x3, columns are axis directions; the mask's own voxel axes if ``None``)."""
+    arr = to_array(mask)
+    idx = np.argwhere(arr > 0)
+    if idx.size == 0:
+        raise GbmsegError(f"{path}: global mask is empty; cannot place the crop")
+    if axes is None:
+        centre_zyx = (idx.min(0) + idx.max(0)) / 2.0
+        return np.array(mask.TransformContinuousIndexToPhysicalPoint(centre_zyx[::-1].tolist()))
+    direction = np.reshape(mask.GetDirection(), (3, 3))
+    world = np.asarray(mask.GetOrigin()) + (idx[:, ::-1] * np.asarray(mask.GetSpacing())) @ direction.T
+    rot = np.asarray(axes, dtype=float).reshape(3, 3)
+    local = world @ rot  # coordinates along the axes
+    return rot @ ((local.min(0) + local.max(0)) / 2.0)
 
 
 def grid_record(grid: sitk.Image) -> dict:
@@ -63,14 +119,6 @@ def grid_from_record(rec: dict) -> sitk.Image:
     return grid
 
 
-def mask_center(mask: sitk.Image, path: str = "mask") -> np.ndarray:
-    """World coordinates (mm) of the centre of the mask's bounding box."""
-    arr = to_array(mask)
-    idx = np.argwhere(arr > 0)
-    if idx.size == 0:
-        raise GbmsegError(f"{path}: global mask is empty; cannot place the crop")
-    centre_zyx = (idx.min(0) + idx.max(0)) / 2.0
-    return np.array(mask.TransformContinuousIndexToPhysicalPoint(centre_zyx[::-1].tolist()))
 
 
 def resample(image: sitk.Image, grid: sitk.Image, nearest: bool, default: float = 0.0) -> np.ndarray:
@@ -92,16 +140,34 @@ def normalize(arr: np.ndarray, modality: str, prep: dict) -> np.ndarray:
     return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
 
 
+def frame_of(prep: dict) -> str:
+    """``preprocessing.frame`` (``"scan"`` when absent), checked."""
+    frame = prep.get("frame", "scan")
+    if frame not in FRAMES:
+        raise GbmsegError(f"preprocessing.frame '{frame}': choose 'scan' or 'template'")
+    return frame
+
+
 def preprocess_image(image: sitk.Image, mask: sitk.Image, prep: dict, modality: str,
-                     label: sitk.Image | None = None, name: str = "image") -> dict:
+                     label: sitk.Image | None = None, name: str = "image",
+                     transform: sitk.Transform | None = None) -> dict:
     """Put one case onto its model grid.
+
+    ``transform`` (template -> scan points, from mask method ``register``) is needed when
+    ``prep["frame"]`` is ``"template"`` and ignored otherwise.
 
     Returns ``{"image": (1, Z, Y, X) float32, "mask": uint8, "label": uint8 or None, "grid": record}``.
     """
     problem = same_geometry(image, mask)
     if problem:
         raise GbmsegError(f"{name}: global mask geometry does not match the image: {problem}")
-    grid = model_grid(mask_center(mask, name), prep["spacing"], prep["size"])
+    axes = None
+    if frame_of(prep) == "template":
+        if transform is None:
+            raise GbmsegError(f"{name}: preprocessing.frame 'template' needs the scan's registration to the "
+                              "template (mask method 'register')")
+        axes = standard_axes(transform, mask_center(mask, name))
+    grid = model_grid(mask_center(mask, name, axes), prep["spacing"], prep["size"], axes)
     outside = CT_OUTSIDE if modality == "CT" else float(np.min(to_array(image)))
     img = normalize(resample(image, grid, nearest=False, default=outside), modality, prep)
     out = {"image": img[None], "mask": (resample(mask, grid, nearest=True) > 0).astype(np.uint8),
@@ -152,7 +218,16 @@ def _one_case(args: tuple) -> str:
     problem = same_geometry(image, label)
     if problem:
         raise GbmsegError(f"{label_path}: geometry does not match the image: {problem}")
-    data = preprocess_image(image, mask, prep, modality, label=label, name=str(mask_path))
+    transform = None
+    if frame_of(prep) == "template":
+        from .registration import transform_path
+
+        tfm = transform_path(mask_path)
+        if not tfm.exists():
+            raise GbmsegError(f"{tfm}: not found; preprocessing.frame 'template' needs masks made with "
+                              "'gbmseg masks --method register'")
+        transform = sitk.ReadTransform(str(tfm))
+    data = preprocess_image(image, mask, prep, modality, label=label, name=str(mask_path), transform=transform)
     if not data["label"].any():
         raise GbmsegError(f"{label_path}: no labelled voxel inside the model-grid crop "
                           f"(crop {prep['size']} at {prep['spacing']} mm around the global mask)")
@@ -172,6 +247,9 @@ def preprocess_dataset(dataset: Dataset, config: dict, workers: int = 1, progres
     """
     mask_record = read_mask_record(dataset)
     prep = config["preprocessing"]
+    if frame_of(prep) == "template" and mask_record["method"] != "register":
+        raise GbmsegError(f"{dataset.mask_dir / 'masks.json'}: preprocessing.frame 'template' needs masks made "
+                          f"with --method register (these are '{mask_record['method']}')")
     out_dir = cache_dir(dataset, config["name"])
     plan = {"preset": config["name"], "preprocessing": prep, "masks": mask_record,
             "modality": dataset.modality, "labels": dataset.labels, "dataset": str(dataset.root),

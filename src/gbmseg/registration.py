@@ -290,6 +290,15 @@ def mask_from_params(image: sitk.Image, params: dict) -> tuple[sitk.Image, sitk.
     return register_mask(image, template, tmask, {**params, "modality": modality})
 
 
+def transform_from_params(image: sitk.Image, params: dict) -> sitk.Transform:
+    """Only the registration of ``image`` to the template named in ``params`` (template -> image points);
+    used when a global mask is given but the crop is taken in the template's standard frame."""
+    modality = params.get("modality") or guess_modality(image)
+    template, _ = load_template(params.get("template", "phantom"), modality)
+    return register(image, template, stages=params.get("stages", STAGES),
+                    spacing=float(params.get("spacing", WORK_SPACING)))
+
+
 # -- datasets ---------------------------------------------------------------------------------
 def resolve_params(params: dict, dataset: Dataset) -> dict:
     """Dataset-level params as recorded in ``masks.json``: the dataset's modality, and the template
