@@ -11,7 +11,9 @@ in the same place and pose in every crop, so this measures, per frame:
   from the mean position, mm);
 - the mean pairwise Dice of the cases' label crops (how well the crops superimpose);
 - the fraction of each case's labelled voxels that fall inside the crop;
-- how far the template frame turns each case (angle of the crop axes from the scanner axes).
+- how far the template frame turns each case (angle of the crop axes from the scanner axes);
+- for datasets that share case ids and geometry (head_CT and head_MR: same subjects), the angle
+  between the standard-frame axes found from the CT and from the MR of the same subject.
 
 Writes ``benchmarks/results/standard_frame.md`` and ``.csv``.
 """
@@ -32,7 +34,7 @@ from gbmseg.config import load_config
 from gbmseg.dataset import Dataset
 from gbmseg.io import read_image, to_array
 from gbmseg.masks import make_dataset_masks
-from gbmseg.preprocessing import preprocess_image
+from gbmseg.preprocessing import mask_center, preprocess_image, standard_axes
 from gbmseg.registration import transform_path
 
 HERE = Path(__file__).parent
@@ -90,21 +92,48 @@ def measure(ds: Dataset, prep: dict) -> tuple[list[dict], list[dict]]:
     return rows, summary
 
 
+def axes_of(ds: Dataset, case: str) -> np.ndarray:
+    transform = sitk.ReadTransform(str(transform_path(ds.mask_path(case))))
+    return standard_axes(transform, mask_center(read_image(ds.mask_path(case))))
+
+
+def cross_modality(a: Dataset, b: Dataset) -> list[dict]:
+    """Per shared case: angle (degrees) between the standard-frame axes found from ``a`` and from ``b``."""
+    rows = []
+    for case in sorted(set(a.cases) & set(b.cases)):
+        ia, ib = read_image(a.image_path(case)), read_image(b.image_path(case))
+        if (ia.GetOrigin(), ia.GetDirection(), ia.GetSpacing()) != (ib.GetOrigin(), ib.GetDirection(), ib.GetSpacing()):
+            continue  # not in the same world space: axes not comparable
+        rows.append({"case": case, f"{a.root.name}_vs_{b.root.name}_deg": _angle(axes_of(a, case) @ axes_of(b, case).T)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     ap.add_argument("--datasets", default="head_CT,head_MR")
     args = ap.parse_args()
     prep = load_config("fast")["preprocessing"]
-    rows, summary, times = [], [], []
+    rows, summary, times, sets = [], [], [], []
     for name in args.datasets.split(","):
         ds = Dataset(Path(args.data) / name, work=HERE / "work" / f"{name}_register")
+        todo = [c for c in ds.cases if not ds.mask_path(c).exists()]
         start = time.time()
         make_dataset_masks(ds, "register", {"template": "phantom"})
-        times.append(f"{name}: register masks {time.time() - start:.0f} s for {len(ds.cases)} cases")
+        times.append(f"{name}: register masks {time.time() - start:.0f} s for {len(todo)} cases"
+                     + (" (the others were made by an earlier run)" if len(todo) < len(ds.cases) else ""))
         r, s = measure(ds, prep)
         rows += r
         summary += s
+        sets.append(ds)
+    cross = []
+    for a, b in itertools.combinations(sets, 2):
+        part = pd.DataFrame(cross_modality(a, b))
+        if len(part):
+            col = part.columns[1]
+            cross.append(f"- {col}: per-subject angle between the two standard frames, median "
+                         f"{part[col].median():.1f} deg, mean {part[col].mean():.1f}, max {part[col].max():.1f} "
+                         f"({len(part)} subjects; all: {', '.join(f'{v:.1f}' for v in part[col])})")
     out = HERE / "results"
     pd.DataFrame(rows).to_csv(out / "standard_frame.csv", index=False)
     table = pd.DataFrame(summary)
@@ -117,7 +146,8 @@ def main() -> None:
           "cases, in crop coordinates (lower: the anatomy sits in the same place in every crop). "
           "pairwise_label_dice: mean Dice of the label crops of every pair of cases. inside_min: the "
           "smallest fraction of a structure's voxels that falls inside the crop. turn_deg: angle "
-          "between crop axes and scanner axes.", ""]
+          "between crop axes and scanner axes.", "",
+          "## Same subject, other modality", "", *(cross or ["- no pair of datasets with shared cases"]), ""]
     (out / "standard_frame.md").write_text("\n".join(md))
     print("\n".join(md))
 
