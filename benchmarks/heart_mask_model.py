@@ -1,6 +1,6 @@
 """Issue-4 benchmark: a learned whole-heart mask model on heart_CT, and what predicted masks cost.
 
-    python benchmarks/heart_mask_model.py [--data ../shared/data]
+    python benchmarks/heart_mask_model.py [--data ../shared/data] [--mask-set training.max_iterations=1200 ...]
 
 Same split as benchmarks/pipeline_fast.py (5 train / 1 val / 2 test). Trains the whole-heart model
 (preset `coarse`) on the 5 training cases, scores its masks on the 3 held-back cases, trains
@@ -35,6 +35,7 @@ HERE = Path(__file__).parent
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
+    ap.add_argument("--mask-set", action="append", default=[], help="override of the mask model's preset (coarse)")
     args = ap.parse_args()
     start = time.time()
     ds = Dataset(Path(args.data) / "heart_CT", work=HERE / "work" / "heart_CT_predmasks")
@@ -43,7 +44,8 @@ def main() -> None:
     held_back = split["val"] + split["test"]
     runs = HERE / "work" / "runs"
     t0 = time.time()
-    mm = train_mask_model(ds, runs / "heart_CT_mask_model", train_cases=train_cases, val_cases=split["val"])
+    mm = train_mask_model(ds, runs / "heart_CT_mask_model", overrides=args.mask_set, train_cases=train_cases,
+                          val_cases=split["val"])
     mask_train_s = time.time() - t0
     make_dataset_masks(ds, "model", {"model": str(runs / "heart_CT_mask_model")})
     quality = evaluate_masks(ds.mask_dir, ds.label_path(ds.cases[0]).parent)
@@ -76,7 +78,8 @@ def main() -> None:
     q = quality.groupby("held_back")[["dice", "volume_error_pct", "com_mm"]].agg(["mean", "min", "max"])
     md = ["# heart_CT: learned whole-heart mask model", "",
           f"Machine: see pipeline_fast.md (same machine and session). Total wall time {time.time() - start:.0f} s; "
-          f"mask model training {mask_train_s:.0f} s (best iteration {mm['best_iteration']}).", "",
+          f"mask model training {mask_train_s:.0f} s (best iteration {mm['best_iteration']}; "
+          f"preset coarse {' '.join(args.mask_set)}).", "",
           "## Mask quality (Dice of the predicted whole-heart mask vs the union of the labels)", "",
           q.round(3).to_markdown(), "", "(held_back True = the validation and test cases the mask model never trained on)", "",
           "## Substructure test Dice: label-derived vs predicted global masks", "", dice.round(3).to_markdown(), "",
