@@ -34,7 +34,7 @@ from gbmseg.config import load_config
 from gbmseg.dataset import Dataset
 from gbmseg.io import read_image, to_array
 from gbmseg.masks import make_dataset_masks
-from gbmseg.preprocessing import mask_center, preprocess_image, standard_axes
+from gbmseg.preprocessing import preprocess_image
 from gbmseg.registration import transform_path
 
 HERE = Path(__file__).parent
@@ -49,28 +49,31 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / s) if s else float("nan")
 
 
-def measure(ds: Dataset, prep: dict) -> tuple[list[dict], list[dict]]:
-    rows, summary = [], []
+def measure(ds: Dataset, prep: dict) -> tuple[list[dict], list[dict], dict[str, np.ndarray]]:
+    """Per-case rows, per-frame summary, and each case's standard-frame axes (its template-frame grid)."""
+    rows, summary, axes = [], [], {}
     spacing = np.asarray(prep["spacing"], float)
     crops: dict[str, dict[str, np.ndarray]] = {"scan": {}, "template": {}}
     for case in ds.cases:
         image, label, mask = (read_image(p) for p in (ds.image_path(case), ds.label_path(case), ds.mask_path(case)))
         transform = sitk.ReadTransform(str(transform_path(ds.mask_path(case))))
         total = np.bincount(to_array(label).ravel(), minlength=len(ds.labels) + 1)
+        # voxels of a label at the crop's spacing per voxel at the image's: for the fraction inside the crop
+        vox_ratio = np.prod(label.GetSpacing()) / np.prod(spacing)
         for frame in crops:
             data = preprocess_image(image, mask, {**prep, "frame": frame}, ds.modality, label=label,
                                     name=case, transform=transform)
             lab = data["label"]
             crops[frame][case] = lab
             inside = np.bincount(lab.ravel(), minlength=len(ds.labels) + 1)
-            row = {"dataset": ds.root.name, "case": case, "frame": frame,
-                   "turn_deg": _angle(np.reshape(data["grid"]["direction"], (3, 3)))}
+            direction = np.reshape(data["grid"]["direction"], (3, 3))
+            if frame == "template":
+                axes[case] = direction
+            row = {"dataset": ds.root.name, "case": case, "frame": frame, "turn_deg": _angle(direction)}
             for name, value in ds.labels.items():
                 idx = np.argwhere(lab == value)
                 com = idx.mean(0)[::-1] * spacing if len(idx) else np.full(3, np.nan)  # x, y, z in mm
                 row.update({f"{name}_com_{a}": c for a, c in zip("xyz", com)})
-                # voxels of the label at the crop's spacing vs at the image's: a fraction inside the crop
-                vox_ratio = np.prod(label.GetSpacing()) / np.prod(spacing)
                 row[f"{name}_inside"] = min(1.0, inside[value] / max(total[value] * vox_ratio, 1e-9))
             rows.append(row)
     df = pd.DataFrame(rows)
@@ -89,22 +92,17 @@ def measure(ds: Dataset, prep: dict) -> tuple[list[dict], list[dict]]:
         pairs = [_dice(by_case[a] > 0, by_case[b] > 0) for a, b in itertools.combinations(by_case, 2)]
         out["pairwise_label_dice"] = float(np.mean(pairs))
         summary.append(out)
-    return rows, summary
+    return rows, summary, axes
 
 
-def axes_of(ds: Dataset, case: str) -> np.ndarray:
-    transform = sitk.ReadTransform(str(transform_path(ds.mask_path(case))))
-    return standard_axes(transform, mask_center(read_image(ds.mask_path(case))))
-
-
-def cross_modality(a: Dataset, b: Dataset) -> list[dict]:
+def cross_modality(a: Dataset, b: Dataset, axes_a: dict, axes_b: dict) -> list[dict]:
     """Per shared case: angle (degrees) between the standard-frame axes found from ``a`` and from ``b``."""
     rows = []
     for case in sorted(set(a.cases) & set(b.cases)):
         ia, ib = read_image(a.image_path(case)), read_image(b.image_path(case))
         if (ia.GetOrigin(), ia.GetDirection(), ia.GetSpacing()) != (ib.GetOrigin(), ib.GetDirection(), ib.GetSpacing()):
             continue  # not in the same world space: axes not comparable
-        rows.append({"case": case, f"{a.root.name}_vs_{b.root.name}_deg": _angle(axes_of(a, case) @ axes_of(b, case).T)})
+        rows.append({"case": case, f"{a.root.name}_vs_{b.root.name}_deg": _angle(axes_a[case] @ axes_b[case].T)})
     return rows
 
 
@@ -122,13 +120,13 @@ def main() -> None:
         make_dataset_masks(ds, "register", {"template": "phantom"})
         times.append(f"{name}: register masks {time.time() - start:.0f} s for {len(todo)} cases"
                      + (" (the others were made by an earlier run)" if len(todo) < len(ds.cases) else ""))
-        r, s = measure(ds, prep)
+        r, s, axes = measure(ds, prep)
         rows += r
         summary += s
-        sets.append(ds)
+        sets.append((ds, axes))
     cross = []
-    for a, b in itertools.combinations(sets, 2):
-        part = pd.DataFrame(cross_modality(a, b))
+    for (a, axes_a), (b, axes_b) in itertools.combinations(sets, 2):
+        part = pd.DataFrame(cross_modality(a, b, axes_a, axes_b))
         if len(part):
             col = part.columns[1]
             cross.append(f"- {col}: per-subject angle between the two standard frames, median "

@@ -174,7 +174,7 @@ def test_template_frame_crops_a_tilted_head_upright():
     the scanner-axis crop does not; voxels stay 4 mm (no scaling)."""
     from gbmseg.preprocessing import preprocess_image, standard_axes
 
-    template, tmask = make_phantom("head", 99, "CT", SPACING, SIZE)  # another subject
+    template, _ = make_phantom("head", 99, "CT", SPACING, SIZE)  # another subject
     tmask = make_mask(template, "threshold")
     image, label = make_phantom("head", 3, "CT", SPACING, SIZE)
     truth = _truth()

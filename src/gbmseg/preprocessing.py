@@ -119,8 +119,6 @@ def grid_from_record(rec: dict) -> sitk.Image:
     return grid
 
 
-
-
 def resample(image: sitk.Image, grid: sitk.Image, nearest: bool, default: float = 0.0) -> np.ndarray:
     """Voxel array ``[z, y, x]`` of ``image`` resampled onto ``grid``."""
     interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
