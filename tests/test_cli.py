@@ -2,7 +2,7 @@ import json
 
 import pandas as pd
 import SimpleITK as sitk
-from conftest import tiny_config
+from gbmseg.testing import tiny_config
 
 from gbmseg.cli import main
 

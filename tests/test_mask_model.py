@@ -3,14 +3,14 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import tiny_config
+from gbmseg.testing import tiny_config
 
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
-from gbmseg.inference import load_model, predict_image
+from gbmseg.predict import load_model, predict_image
 from gbmseg.io import read_image
 from gbmseg.mask_model import train_mask_model
-from gbmseg.masks import make_dataset_masks, make_mask
+from gbmseg.global_masks import make_dataset_masks, make_mask
 from gbmseg.phantoms import make_phantom, write_phantom_dataset
 from gbmseg.preprocessing import preprocess_dataset
 from gbmseg.training import train

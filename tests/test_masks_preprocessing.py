@@ -3,12 +3,13 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import tiny_config, toy_case
+from gbmseg.testing import tiny_config, toy_case
 
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
 from gbmseg.io import read_image
-from gbmseg.masks import make_dataset_masks, make_mask, otsu_threshold
+from gbmseg.global_masks import make_dataset_masks, make_mask
+from gbmseg.morphology import otsu_threshold
 from gbmseg.preprocessing import (load_case, load_plan, mask_center, preprocess_dataset, preprocess_image,
                                   to_original_geometry)
 

@@ -9,9 +9,9 @@ import SimpleITK as sitk
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
 from gbmseg.io import read_image
-from gbmseg.masks import IMAGE_METHODS, make_dataset_masks, make_mask
+from gbmseg.global_masks import IMAGE_METHODS, make_dataset_masks, make_mask
 from gbmseg.phantoms import make_phantom, write_phantom_dataset
-from gbmseg.registration import register, register_mask, resolve_params, template_image, transform_path
+from gbmseg.registration import register, register_mask, resolve_params, template_image
 
 SPACING, SIZE = 4.0, 48
 
@@ -131,7 +131,7 @@ def test_dataset_masks_with_case_template_write_transforms_and_record(tmp_path):
     assert saved["method"] == "register" and saved["params"] == rec["params"]
     for case in ds.cases:
         tfm = ds.mask_dir / f"{case}_to_template.tfm"
-        assert tfm == transform_path(ds.mask_path(case)) and tfm.exists()
+        assert tfm == ds.transform_path(case) and tfm.exists()
         transform = sitk.ReadTransform(str(tfm))
         image, mask = read_image(ds.image_path(case)), read_image(ds.mask_path(case))
         assert mask.GetSize() == image.GetSize() and _arr(mask).any()
@@ -206,9 +206,9 @@ def test_template_frame_needs_register_masks_and_predicts_in_input_geometry(tmp_
     """The standard frame end to end on a phantom dataset: transforms read from the mask folder,
     a clear error for masks without transforms, and prediction (which registers the new scan, with
     or without a given mask) returns the input's geometry."""
-    from conftest import tiny_config
+    from gbmseg.testing import tiny_config
 
-    from gbmseg.inference import load_model, predict_image
+    from gbmseg.predict import load_model, predict_image
     from gbmseg.preprocessing import preprocess_dataset
     from gbmseg.training import train
 

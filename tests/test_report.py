@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from gbmseg.report import make_report, wilcoxon_p
+from gbmseg.report import make_report, overlay_panels
+from gbmseg.sweep_stats import load_runs, wilcoxon_p
 
 LABELS = {"brainstem": 1, "eye_left": 2, "eye_right": 3}
 CASES = ["case_000", "case_001", "case_002", "case_003"]
@@ -183,7 +184,13 @@ def test_missing_modes_and_custom_out_dir(tmp_path):
     assert (comp["n_pairs"] == 0).all() and comp["p_value"].isna().all()
     dice = pd.read_csv(tmp_path / "elsewhere" / "dice.csv")
     assert dice[dice["mode"] == "mask"]["mean"].isna().all()
-    assert "no finished run" not in html_path.read_text()  # it is in the figure, not the text
+    # the missing modes get a "no finished run" panel in each overlay figure, and only there
+    runs, metrics, _ = load_runs(sweep_dir)
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    panels = overlay_panels(sweep, runs, metrics, ["image", "mask", "image+mask"], sweep["split"]["test"][0])
+    empty = [title for title, path in panels.items() if path is None]
+    assert empty == ["mask only\n(no finished run)", "image+mask\n(no finished run)"]
+    assert "no finished run" not in html_path.read_text()
     assert "no paired results" in html_path.read_text()
     assert len(list((tmp_path / "elsewhere" / "figures").glob("overlay_*.png"))) == 3
 

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from gbmseg.config import load_config
 from gbmseg.dataset import Dataset
 from gbmseg.io import read_image
-from gbmseg.masks import make_mask
+from gbmseg.global_masks import make_mask
 from gbmseg.preprocessing import preprocess_image, to_original_geometry
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -7,11 +7,11 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import tiny_config, write_toy_dataset
+from gbmseg.testing import tiny_config, write_toy_dataset
 
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
-from gbmseg.masks import make_dataset_masks
+from gbmseg.global_masks import make_dataset_masks
 from gbmseg.sweep import collect_metrics, jobs, plan_sweep, run_sweep, split_cases, training_subset
 
 
@@ -70,13 +70,14 @@ def test_kill_minus_9_loses_no_finished_run(tmp_path):
     assert (job_dirs[0] / "done.json").exists(), "the first run did not finish in time"
     first = {p.name: p.stat().st_mtime_ns for p in (job_dirs[0] / "train").iterdir()}
     first_done = (job_dirs[0] / "done.json").read_text()
-    second_trained = (job_dirs[1] / "train" / "result.json").exists()
+    # killed mid-training of the second run, which must resume from last.pt instead of starting over
+    assert not (job_dirs[1] / "train" / "result.json").exists(), "the second run finished before the kill"
+    assert "resumed" not in (job_dirs[1] / "train" / "train.log").read_text()
     metrics = run_sweep(sweep, progress=False)
     assert all((j / "done.json").exists() for j in job_dirs)
     assert (job_dirs[0] / "done.json").read_text() == first_done
     assert {p.name: p.stat().st_mtime_ns for p in (job_dirs[0] / "train").iterdir()} == first
-    if not second_trained:  # killed mid-training: the restart resumed from last.pt instead of starting over
-        assert "resumed" in (job_dirs[1] / "train" / "train.log").read_text()
+    assert "resumed from" in (job_dirs[1] / "train" / "train.log").read_text()
     assert len(metrics) == len(job_dirs) * 2  # one test case x two structures per run
     assert set(metrics["job"]) == {j.name for j in job_dirs}
     assert len(collect_metrics(sweep)) == len(metrics)
@@ -97,3 +98,43 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path):
         assert section in text
     assert len(list((html.parent / "figures").glob("overlay_*.png"))) == 3
     assert len(pd.read_csv(html.parent / "dice.csv")) > 0
+
+
+def test_two_sweeps_with_other_preprocessing_each_train_on_their_own_grid(tmp_path):
+    """Same dataset, same preset, different --set preprocessing.*: two caches, each job on its own."""
+    import numpy as np
+
+    from gbmseg.sweep import run_job
+
+    ds, _ = _toy_sweep(tmp_path, sizes=(1,))
+    preset = str(tmp_path / "tiny.json")
+    sweeps = {}
+    for size in (24, 32):
+        sweeps[size] = plan_sweep(ds, tmp_path / f"sweep{size}", modes=["image"], sizes=[1], seeds=[0], preset=preset,
+                                  overrides=[f"preprocessing.size=[{size},{size},{size}]", "training.max_iterations=2",
+                                             "training.val_interval=2"], val=["toy_000"], test=["toy_001"])
+    keys = {size: json.loads((jobs(s)[0] / "job.json").read_text())["cache_key"] for size, s in sweeps.items()}
+    assert keys[24] != keys[32]
+    for size in (32, 24, 32):  # interleaved: neither sweep's cache is rewritten by the other
+        job_dir = jobs(sweeps[size])[0]
+        for done in job_dir.glob("done.json"):
+            done.unlink()
+        run_job(job_dir, progress=False)
+        cache = json.loads((job_dir / "train" / "config.json").read_text())["cache"]
+        assert cache.endswith(f"tiny_{keys[size]}")
+        plan = json.loads((tmp_path / "work" / "gbmseg_preprocessed" / f"tiny_{keys[size]}" / "plan.json").read_text())
+        assert plan["preprocessing"]["size"] == [size] * 3 and plan["key"] == keys[size]
+        with np.load(next((tmp_path / "work" / "gbmseg_preprocessed" / f"tiny_{keys[size]}").glob("*.npz"))) as z:
+            assert z["label"].shape == (size,) * 3
+
+
+def test_masks_remade_with_another_method_make_an_existing_job_refuse(tmp_path):
+    from gbmseg.sweep import run_job
+
+    ds, sweep = _toy_sweep(tmp_path, sizes=(1,))
+    job_dir = jobs(sweep)[0]
+    make_dataset_masks(ds, "otsu", progress=False)  # another method: every mask is made again
+    with pytest.raises(GbmsegError, match="masks changed since") as err:
+        run_job(job_dir, progress=False)
+    assert "\n" not in str(err.value)
+    assert not (job_dir / "train").exists()  # refused before training started

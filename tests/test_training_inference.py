@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import tiny_config, toy_case, write_toy_dataset
+from gbmseg.testing import tiny_config, toy_case, write_toy_dataset
 
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
 from gbmseg.evaluation import evaluate_folder
-from gbmseg.inference import load_model, predict_file, predict_folder, predict_image
+from gbmseg.predict import load_model, predict_file, predict_folder, predict_image
 from gbmseg.io import write_image
-from gbmseg.masks import make_dataset_masks
+from gbmseg.global_masks import make_dataset_masks
 from gbmseg.network import UNet3D
 from gbmseg.preprocessing import preprocess_dataset
 from gbmseg.training import train

@@ -1,5 +1,8 @@
 """Command line: ``gbmseg <command> ...``. Each command is a thin wrapper over one module.
 
+Commands import their module when they run (so ``gbmseg --help`` does not load torch); every such
+import points down the layers like any other (see ``tests/test_layers.py``).
+
 Errors in the user's input (:class:`GbmsegError`) are printed as one line naming the file and the
 problem, with exit status 2; no traceback.
 """
@@ -8,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -25,19 +27,9 @@ def _dataset(args):
     return Dataset(args.dataset, work=args.work)
 
 
-def _split(cases: list[str], seed: int, val_fraction: float = 0.2) -> tuple[list[str], list[str]]:
-    """Default split when none is given: a seeded shuffle, ``val_fraction`` (at least one case) for validation."""
-    if len(cases) < 2:
-        raise GbmsegError("need at least two cases (one to train, one to validate)")
-    shuffled = sorted(cases)
-    random.Random(seed).shuffle(shuffled)
-    n_val = max(1, round(len(shuffled) * val_fraction))
-    return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
-
-
 # -- commands ---------------------------------------------------------------------------------
 def cmd_masks(args) -> None:
-    from .masks import make_dataset_masks
+    from .global_masks import make_dataset_masks
 
     ds = _dataset(args)
     params = json.loads(args.params) if args.params else {}
@@ -71,6 +63,7 @@ def cmd_preprocess(args) -> None:
 
 def cmd_train(args) -> None:
     from .config import channels_for_mode, load_config
+    from .dataset import split_cases
     from .preprocessing import preprocess_dataset
     from .training import train
 
@@ -78,8 +71,11 @@ def cmd_train(args) -> None:
     channels_for_mode(args.mode)
     cfg = load_config(args.preset, args.set)
     train_cases, val_cases = _cases(args.train), _cases(args.val)
-    if val_cases is None:  # default: a seeded 20% of the cases not named for training
-        val_cases = _split([c for c in ds.cases if c not in (train_cases or [])], args.seed)[1]
+    if val_cases is None:  # default: a seeded 20% (at least one) of the cases not named for training
+        rest = [c for c in ds.cases if c not in (train_cases or [])]
+        if len(rest) < 2:
+            raise GbmsegError("need at least two cases (one to train, one to validate)")
+        val_cases = split_cases(rest, max(1, round(len(rest) * 0.2)), seed=args.seed)["val"]
     if train_cases is None:
         train_cases = [c for c in ds.cases if c not in val_cases]
     ds.check_cases(train_cases, "training case")
@@ -91,7 +87,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .inference import load_model, predict_file, predict_folder
+    from .predict import load_model, predict_file, predict_folder
 
     model = load_model(args.model, device=args.device)
     src = Path(args.input)
@@ -110,6 +106,7 @@ def _is_dicom_dir(path: Path) -> bool:
 
 def cmd_evaluate(args) -> None:
     from .evaluation import evaluate_folder, evaluate_masks, summarize
+    from .io import read_json
 
     if args.masks:
         df = evaluate_masks(args.pred, args.ref, out_csv=args.output)
@@ -117,7 +114,7 @@ def cmd_evaluate(args) -> None:
         return
     labels = None
     if args.labels:
-        labels = json.loads(Path(args.labels).read_text())["labels"]
+        labels = read_json(args.labels)["labels"]
     df = evaluate_folder(args.pred, args.ref, labels=labels, out_csv=args.output)
     print(summarize(df)[["structure", "n", "n_missing", "dice_mean", "dice_sd", "com_mm_mean", "hd95_mm_mean"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -137,10 +134,10 @@ def cmd_sweep(args) -> None:
     from .report import make_report
     from .sweep import plan_sweep, run_sweep
 
-    ds = _dataset(args)
-    if not ds.mask_dir.joinpath("masks.json").exists():
-        from .masks import make_dataset_masks
+    from .global_masks import make_dataset_masks
 
+    ds = _dataset(args)
+    if not ds.mask_record_path.exists():
         make_dataset_masks(ds, args.mask_method, workers=args.workers)
     sweep_dir = plan_sweep(ds, args.output, modes=args.modes.split(","), sizes=[int(n) for n in args.sizes.split(",")],
                            seeds=list(range(args.seeds)), preset=args.preset, overrides=args.set,

@@ -10,8 +10,14 @@ nnU-Net v2::
 MSD: ``dataset.json`` holds ``"modality"``, ``"labels"`` (value -> name) and a ``"training"`` list of
 ``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}``.
 
-Global masks made by ``gbmseg masks`` live in ``WORK/masksTr/<case>.nii.gz``; ``WORK`` is the
-dataset folder unless another working folder is given (the dataset may be read-only).
+:class:`Dataset` owns every path of the dataset's working folder ``WORK`` (the dataset folder
+unless another is given, since the dataset may be read-only); no other module builds these paths::
+
+    WORK/masksTr/<case>.nii.gz               global masks (``gbmseg masks``)
+    WORK/masksTr/<case>_to_template.tfm      registration transforms (mask method ``register``)
+    WORK/masksTr/masks.json                  the mask record: method, parameters, modality
+    WORK/gbmseg_preprocessed/<preset>_<key>/ preprocessing caches, keyed by what made them
+    WORK/mask_model_data/                    the whole-organ dataset of a mask model
 
 Example:
     >>> ds = Dataset("Dataset001_Head")                    # doctest: +SKIP
@@ -22,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +38,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .errors import GbmsegError
-from .io import read_image, read_json, same_geometry, to_array
+from .io import read_image, read_json, same_geometry, to_array, write_image, write_json, write_transform
+from .parallel import parallel_map
 
 CT_NAMES = {"ct", "cta", "cect"}
 
@@ -81,7 +90,7 @@ class Dataset:
                 raise GbmsegError(f"{meta_path}: missing key '{key}'")
         names = meta["channel_names"]
         self.channels = [names[k] for k in sorted(names, key=int)]
-        self.labels = _labels_from_name_map(meta["labels"], meta_path)
+        self.labels = parse_labels(meta["labels"], meta_path)
         self.file_ending = meta["file_ending"]
         label_dir = self.root / "labelsTr"
         image_dir = self.root / "imagesTr"
@@ -100,10 +109,7 @@ class Dataset:
     def _read_msd(self, meta: dict, meta_path: Path) -> None:
         modality = meta.get("modality", {"0": "CT"})
         self.channels = [modality[k] for k in sorted(modality, key=int)]
-        raw = meta.get("labels", {})
-        if raw and all(str(k).lstrip("-").isdigit() for k in raw):  # MSD: value -> name
-            raw = {name: int(value) for value, name in raw.items()}
-        self.labels = _labels_from_name_map(raw, meta_path)
+        self.labels = parse_labels(meta.get("labels", {}), meta_path)
         self.file_ending = ".nii.gz"
         self._labels, self._images = {}, {}
         for entry in meta["training"]:
@@ -136,6 +142,54 @@ class Dataset:
 
     def mask_path(self, case: str) -> Path:
         return self.mask_dir / f"{case}.nii.gz"
+
+    @property
+    def mask_record_path(self) -> Path:
+        return self.mask_dir / "masks.json"
+
+    def transform_path(self, case: str) -> Path:
+        """``WORK/masksTr/<case>_to_template.tfm``: template -> scan points (mask method ``register``)."""
+        return self.mask_dir / f"{case}_to_template.tfm"
+
+    def cache_dir(self, preset: str, key: str) -> Path:
+        """``WORK/gbmseg_preprocessed/<preset>_<key>``: ``key`` identifies the settings and masks that made it."""
+        return self.work / "gbmseg_preprocessed" / f"{preset}_{key}"
+
+    @property
+    def mask_model_dir(self) -> Path:
+        return self.work / "mask_model_data"
+
+    # -- global masks on disk --------------------------------------------------------------------
+    def read_mask_record(self) -> dict:
+        """The mask record (``masks.json``), or a clear error if masks are missing."""
+        path = self.mask_record_path
+        if not path.exists():
+            raise GbmsegError(f"{path}: no global masks yet; run 'gbmseg masks {self.root}' first")
+        return read_json(path)
+
+    def write_masks(self, record: dict, make: Callable, workers: int = 1, overwrite: bool = False,
+                    progress: bool = True, needs_label: bool = False) -> dict:
+        """Write every case's mask made by ``make(image, method, params, label)`` -> ``(mask, transform or
+        None)`` (a module-level function, so it can run in worker processes), then ``masks.json``.
+
+        Masks already there are kept unless ``overwrite`` or the record differs from the one on disk
+        (other method or parameters: every mask is made again). ``label`` is read only if ``needs_label``.
+        """
+        out_dir = self.mask_dir
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GbmsegError(f"{out_dir}: cannot create mask folder ({exc.strerror}); pass --work DIR") from None
+        if self.mask_record_path.exists() and not overwrite:
+            old = read_json(self.mask_record_path)
+            if old.get("method") != record["method"] or old.get("params") != record["params"]:
+                overwrite = True  # different method: make every mask again
+        jobs = [(make, self.image_path(c), self.label_path(c) if needs_label else None, self.mask_path(c),
+                 self.transform_path(c), record["method"], record["params"])
+                for c in self.cases if overwrite or not self.mask_path(c).exists()]
+        parallel_map(_mask_case, jobs, workers, desc=f"masks ({record['method']})", progress=progress)
+        write_json(record, self.mask_record_path)
+        return record
 
     def check_cases(self, cases: list[str], what: str = "case") -> list[str]:
         """Return ``cases`` after checking that each exists in the dataset."""
@@ -208,16 +262,50 @@ def check_label(label: sitk.Image, path: Path, allowed: set[int]) -> None:
         raise GbmsegError(f"{path}: label map is empty (only background)")
 
 
-def _labels_from_name_map(raw: dict, meta_path: Path) -> dict[str, int]:
+def _mask_case(args: tuple) -> str:
+    make, image_path, label_path, mask_path, tfm_path, method, params = args
+    image = read_image(image_path)
+    label = read_image(label_path) if label_path is not None else None
+    mask, transform = make(image, method, params, label)
+    if transform is not None:  # the transform first: a mask on disk means its transform is there too
+        write_transform(transform, tfm_path)
+    return str(write_image(mask, mask_path))
+
+
+def parse_labels(raw: dict, source, require: bool = True) -> dict[str, int]:
+    """The one label-map parser: structure name -> value, background (value 0 or the name
+    ``background``) dropped, sorted by value. Accepts name -> value (nnU-Net v2) and value -> name
+    (MSD, nnU-Net v1); region-based labels are refused. ``source`` names the file in errors."""
+    if raw and all(isinstance(v, str) for v in raw.values()):  # value -> name
+        raw = {name: value for value, name in raw.items()}
     labels = {}
     for name, value in raw.items():
         if isinstance(value, (list, tuple)):  # nnU-Net region-based labels
-            raise GbmsegError(f"{meta_path}: region-based label '{name}' is not supported")
+            raise GbmsegError(f"{source}: region-based label '{name}' is not supported")
         try:
-            labels[str(name)] = int(value)
+            value = int(value)
         except (TypeError, ValueError):
-            raise GbmsegError(f"{meta_path}: label '{name}' has non-integer value {value!r}") from None
-    labels = {k: v for k, v in labels.items() if v != 0}
-    if not labels:
-        raise GbmsegError(f"{meta_path}: 'labels' declares no structure besides background")
+            raise GbmsegError(f"{source}: label '{name}' has non-integer value {value!r}") from None
+        if value != 0 and str(name).lower() != "background":
+            labels[str(name)] = value
+    if require and not labels:
+        raise GbmsegError(f"{source}: 'labels' declares no structure besides background")
     return dict(sorted(labels.items(), key=lambda kv: kv[1]))
+
+
+def split_cases(cases: list[str], n_val: int, n_test: int = 0, seed: int | None = 0) -> dict:
+    """The one split function: ``n_val`` validation and ``n_test`` test cases, the rest is the pool.
+
+    With a ``seed``, cases are drawn from a seeded shuffle of the sorted ids; with ``seed=None`` the
+    last ``n_val`` cases (sorted) validate. Every part comes back sorted.
+    """
+    if n_val < 1 or n_test < 0 or n_val + n_test >= len(cases):
+        raise GbmsegError(f"cannot split {len(cases)} cases into {n_val} validation, {n_test} test "
+                          "and at least one training case")
+    order = sorted(cases)
+    if seed is None:
+        order = order[-n_val:] + order[:-n_val]
+    else:
+        random.Random(seed).shuffle(order)
+    return {"val": sorted(order[:n_val]), "test": sorted(order[n_val:n_val + n_test]),
+            "pool": sorted(order[n_val + n_test:])}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .dataset import Dataset
-from .masks import make_dataset_masks
+from .global_masks import make_dataset_masks
 from .phantoms import write_phantom_dataset
 from .report import make_report
 from .sweep import plan_sweep, run_sweep

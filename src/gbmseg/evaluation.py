@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -22,9 +21,9 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 from tqdm import tqdm
 
-from .dataset import label_array
+from .dataset import label_array, parse_labels
 from .errors import GbmsegError
-from .io import PathLike, read_image, same_geometry, write_text
+from .io import PathLike, read_image, read_json, same_geometry, write_text
 
 COLUMNS = ["case", "structure", "label", "dice", "com_mm", "hd95_mm", "asd_mm",
            "ref_voxels", "pred_voxels", "ref_ml", "pred_ml", "status"]
@@ -34,18 +33,8 @@ NAN = float("nan")
 
 
 def _clean_labels(labels: dict) -> dict[str, int]:
-    """Drop background; accept nnU-Net v1's inverted ``{"1": "name"}`` form."""
-    if labels and all(isinstance(v, str) for v in labels.values()):
-        labels = {v: k for k, v in labels.items()}
-    out = {}
-    for name, value in labels.items():
-        try:
-            value = int(value)
-        except (TypeError, ValueError):
-            raise GbmsegError(f"labels: value {value!r} of {name!r} is not an integer") from None
-        if str(name).lower() != "background" and value != 0:
-            out[str(name)] = value
-    return out
+    """Structure name -> value, background dropped (see :func:`gbmseg.dataset.parse_labels`)."""
+    return parse_labels(labels, "labels", require=False)
 
 
 def _check_geometry(pred: sitk.Image, ref: sitk.Image, name: str) -> None:
@@ -147,9 +136,10 @@ def _find_labels(ref_dir: Path, cases: list[str], file_ending: str) -> dict[str,
     """Labels from ``ref_dir/../dataset.json``, else the values found in the references."""
     ds = ref_dir.parent / "dataset.json"
     if ds.exists():
+        meta = read_json(ds)
         try:
-            labels = json.loads(ds.read_text())["labels"]
-        except (ValueError, KeyError, TypeError) as exc:
+            labels = meta["labels"]
+        except (KeyError, TypeError) as exc:
             raise GbmsegError(f"{ds}: cannot read a 'labels' map ({exc})") from None
         return _clean_labels(labels)
     values: set[int] = set()

@@ -110,12 +110,32 @@ def write_text(text: str, path: PathLike) -> Path:
     return Path(path)
 
 
+def write_json(obj, path: PathLike) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return write_text(json.dumps(obj, indent=2), path)
+
+
 def read_json(path: PathLike):
-    """Parse a JSON file; a syntax error becomes a :class:`GbmsegError` naming the file."""
+    """Parse a JSON file. Every JSON record gbmseg reads goes through here: a missing, unreadable,
+    corrupt or truncated file becomes a one-line :class:`GbmsegError` naming the file."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        text = path.read_text()
+    except FileNotFoundError:
+        raise GbmsegError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GbmsegError(f"{path}: cannot read ({exc})") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise GbmsegError(f"{path}: invalid JSON ({exc})") from None
+        raise GbmsegError(f"{path}: invalid JSON, corrupt or truncated ({exc})") from None
+
+
+def write_transform(transform: sitk.Transform, path: PathLike) -> Path:
+    """``sitk.WriteTransform`` through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        sitk.WriteTransform(transform, str(tmp))
+    return Path(path)
 
 
 def to_array(image: sitk.Image) -> np.ndarray:

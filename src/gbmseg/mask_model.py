@@ -3,7 +3,8 @@
 Training builds a derived dataset in ``WORK/mask_model_data`` (the same images, labels replaced by
 the union of all structures, masks = the whole field of view so that the crop is centred on the
 image), then trains an ``image``-mode model with the usual engine at a coarse preset. Applying it
-(``masks --method model``) predicts the organ, keeps the largest component and fills holes.
+(``masks --method model``, see :mod:`gbmseg.global_masks`) predicts the organ, keeps the largest
+component and fills holes.
 
 Example:
     >>> train_mask_model(Dataset("heart_CT"), "runs/heart_mask")                   # doctest: +SKIP
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -23,9 +23,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from .config import load_config
-from .dataset import Dataset
+from .dataset import Dataset, split_cases
 from .errors import GbmsegError
-from .io import from_array, read_image, to_array, write_image, write_text
+from .inference import load_model, segment
+from .io import from_array, read_image, to_array, write_image, write_json
+from .morphology import box_mask, fill_holes, image_mask, largest_component
+from .preprocessing import preprocess_dataset
+from .training import train
 
 
 def model_hash(run_dir: str | Path) -> str:
@@ -38,7 +42,7 @@ def model_hash(run_dir: str | Path) -> str:
 
 def whole_organ_dataset(dataset: Dataset) -> Dataset:
     """``WORK/mask_model_data``: the dataset's images (linked) with the union of labels as the only label."""
-    root = dataset.work / "mask_model_data"
+    root = dataset.mask_model_dir
     for sub in ("imagesTr", "labelsTr"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for case in dataset.cases:
@@ -56,7 +60,7 @@ def whole_organ_dataset(dataset: Dataset) -> Dataset:
     meta = {"name": f"{dataset.name}-whole-organ", "channel_names": {"0": dataset.channels[0]},
             "labels": {"background": 0, "organ": 1}, "file_ending": dataset.file_ending,
             "numTraining": len(dataset.cases)}
-    write_text(json.dumps(meta, indent=2), root / "dataset.json")
+    write_json(meta, root / "dataset.json")
     return Dataset(root)
 
 
@@ -64,37 +68,33 @@ def train_mask_model(dataset: Dataset, out_dir: str | Path, preset: str = "coars
                      train_cases: list[str] | None = None, val_cases: list[str] | None = None, seed: int = 0,
                      device: str | None = None, progress: bool = True) -> dict:
     """Train the whole-organ model on ``train_cases`` (default: all but the last case, which validates)."""
-    from .masks import make_dataset_masks
-    from .preprocessing import preprocess_dataset
-    from .training import train
-
     organ = whole_organ_dataset(dataset)
-    make_dataset_masks(organ, "box", progress=progress)
+    organ.validate(progress=progress)
+    organ.write_masks({"method": "box", "params": {}, "modality": organ.modality}, image_mask, progress=progress)
     cfg = load_config(preset, overrides)
     cache = preprocess_dataset(organ, cfg, progress=progress)
-    val_cases = val_cases or dataset.cases[-1:]
+    val_cases = val_cases or split_cases(dataset.cases, 1, seed=None)["val"]
     train_cases = train_cases or [c for c in dataset.cases if c not in val_cases]
     return train(cache, "image", train_cases, val_cases, cfg, out_dir, seed=seed, device=device, progress=progress)
 
 
 @functools.lru_cache(maxsize=2)
 def _load(run_dir: str):
-    from .inference import load_model
-
     return load_model(run_dir)
 
 
-def predict_organ_mask(image: sitk.Image, params: dict) -> sitk.Image:
-    """Global mask of ``image`` from a trained mask model (``params["model"]``), largest component, filled."""
-    from .inference import predict_image
-    from .masks import fill_holes, largest_component
+def predict_organ_mask(image: sitk.Image, params: dict, label: sitk.Image | None = None) -> sitk.Image:
+    """Global mask of ``image`` from a trained mask model (``params["model"]``), largest component, filled.
 
+    The mask model's own crop is centred on the image (its training masks are ``box`` masks)."""
+    if not params.get("model"):
+        raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR)")
     run_dir = str(Path(params["model"]).resolve())
     expected = params.get("sha256")
     if expected and model_hash(run_dir) != expected:
         raise GbmsegError(f"{run_dir}: the mask model changed since this model was trained "
                           f"(hash {model_hash(run_dir)} != {expected})")
-    seg = to_array(predict_image(_load(run_dir), image)) > 0
+    seg = to_array(segment(_load(run_dir), image, box_mask(image))) > 0
     seg = fill_holes(largest_component(seg))
     if not seg.any():
         raise GbmsegError(f"mask model {run_dir} found no organ in the image")

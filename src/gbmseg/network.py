@@ -88,3 +88,14 @@ def build_network(net_cfg: dict, in_channels: int, n_classes: int) -> UNet3D:
     """The U-Net described by a config's ``network`` section."""
     return UNet3D(in_channels, n_classes, depth=net_cfg["depth"], base_channels=net_cfg["base_channels"],
                   activation=net_cfg["activation"], norm=net_cfg["norm"], dropout=net_cfg["dropout"])
+
+
+def select_device(name: str | None = None) -> torch.device:
+    """``name`` if given, else cuda, then mps, then cpu."""
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from scipy import ndimage
 
 from .errors import GbmsegError
 from .io import PathLike, write_image, write_text
+from .parallel import parallel_map
 
 LABELS: dict[str, dict[str, int]] = {
     "head": {"background": 0, "brainstem": 1, "eye_left": 2, "eye_right": 3},
@@ -123,12 +123,7 @@ def write_phantom_dataset(
         raise GbmsegError(f"workers={workers!r}: must be an integer >= 1")
     out = Path(out_dir)
     jobs = [(out, kind, i, seed * 1000 + i, modality, spacing, size) for i in range(1, n + 1)]
-    if workers > 1 and n > 1:
-        with ProcessPoolExecutor(min(workers, n)) as pool:
-            list(pool.map(_write_case, jobs))
-    else:
-        for job in jobs:
-            _write_case(job)
+    parallel_map(_write_case, jobs, workers, desc="phantoms", progress=False)
     meta = {
         "name": f"Phantom{kind.capitalize()}{modality}",
         "description": f"gbmseg procedural {kind} phantoms ({modality}, seed {seed}, "

@@ -17,9 +17,10 @@ resampling, reorientation and crop/pad in one step. The crop never looks at the 
 Intensities: CT is clipped to a HU window and scaled to [0, 1]; MR (any other modality) is
 scaled so that the given percentiles of the crop map to 0 and 1, then clipped.
 
-Cache layout (``WORK/gbmseg_preprocessed/<preset>/``)::
+Cache layout (``WORK/gbmseg_preprocessed/<preset>_<key>/``; ``key`` hashes the preprocessing
+settings and the mask record, so other settings or other masks never share a cache)::
 
-    plan.json          preprocessing settings, mask record, labels, modality
+    plan.json          cache key, preprocessing settings, mask record, labels, modality
     <case>.npz         image (1, Z, Y, X) float16, mask (Z, Y, X) uint8, label (Z, Y, X) uint8
     <case>.json        model-grid origin/spacing/size/direction and source files
 
@@ -31,18 +32,18 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
+from .config import channels_for_mode
 from .dataset import Dataset
 from .errors import GbmsegError
-from .io import atomic_path, read_image, same_geometry, to_array, write_text
-from .masks import read_mask_record
+from .io import atomic_path, read_image, read_json, same_geometry, to_array, write_json
+from .parallel import parallel_map
 
 CT_OUTSIDE = -1024.0
 
@@ -203,13 +204,27 @@ def to_original_geometry(pred: np.ndarray, grid: dict, reference: sitk.Image) ->
     return out
 
 
+def stack_inputs(case: dict, mode: str) -> np.ndarray:
+    """Network input ``(C, Z, Y, X)`` of a preprocessed case for ``mode``."""
+    parts = {"image": case["image"], "mask": case["mask"][None].astype(np.float32)}
+    return np.concatenate([parts[c] for c in channels_for_mode(mode)], axis=0)
+
+
 # -- dataset cache ----------------------------------------------------------------------------
-def cache_dir(dataset: Dataset, preset_name: str) -> Path:
-    return dataset.work / "gbmseg_preprocessed" / preset_name
+def cache_key(prep: dict, mask_record: dict) -> str:
+    """What made a cache: sha256 (12 hex digits) of the canonical JSON of the preprocessing
+    settings and the mask record (method, parameters, modality, a mask model's hash)."""
+    text = json.dumps({"preprocessing": prep, "masks": mask_record}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cache_dir(dataset: Dataset, config: dict) -> Path:
+    """The cache folder for ``config`` and the dataset's current masks."""
+    return dataset.cache_dir(config["name"], cache_key(config["preprocessing"], dataset.read_mask_record()))
 
 
 def _one_case(args: tuple) -> str:
-    case, image_path, mask_path, label_path, prep, modality, out_dir = args
+    case, image_path, mask_path, label_path, tfm_path, prep, modality, out_dir = args
     image = read_image(image_path)
     mask = read_image(mask_path)
     label = read_image(label_path)
@@ -218,22 +233,18 @@ def _one_case(args: tuple) -> str:
         raise GbmsegError(f"{label_path}: geometry does not match the image: {problem}")
     transform = None
     if frame_of(prep) == "template":
-        from .registration import transform_path
-
-        tfm = transform_path(mask_path)
-        if not tfm.exists():
-            raise GbmsegError(f"{tfm}: not found; preprocessing.frame 'template' needs masks made with "
+        if not tfm_path.exists():
+            raise GbmsegError(f"{tfm_path}: not found; preprocessing.frame 'template' needs masks made with "
                               "'gbmseg masks --method register'")
-        transform = sitk.ReadTransform(str(tfm))
+        transform = sitk.ReadTransform(str(tfm_path))
     data = preprocess_image(image, mask, prep, modality, label=label, name=str(mask_path), transform=transform)
     if not data["label"].any():
         raise GbmsegError(f"{label_path}: no labelled voxel inside the model-grid crop "
                           f"(crop {prep['size']} at {prep['spacing']} mm around the global mask)")
     with atomic_path(out_dir / f"{case}.npz") as tmp:
         np.savez_compressed(tmp, image=data["image"].astype(np.float16), mask=data["mask"], label=data["label"])
-    write_text(json.dumps({"case": case, "grid": data["grid"], "image": str(image_path),
-                           "mask": str(mask_path), "label": str(label_path)}, indent=1),
-               out_dir / f"{case}.json")
+    write_json({"case": case, "grid": data["grid"], "image": str(image_path),
+                "mask": str(mask_path), "label": str(label_path)}, out_dir / f"{case}.json")
     return case
 
 
@@ -243,17 +254,18 @@ def preprocess_dataset(dataset: Dataset, config: dict, workers: int = 1, progres
 
     Needs global masks (``gbmseg masks``). Returns the cache folder.
     """
-    mask_record = read_mask_record(dataset)
+    mask_record = dataset.read_mask_record()
     prep = config["preprocessing"]
     if frame_of(prep) == "template" and mask_record["method"] != "register":
-        raise GbmsegError(f"{dataset.mask_dir / 'masks.json'}: preprocessing.frame 'template' needs masks made "
+        raise GbmsegError(f"{dataset.mask_record_path}: preprocessing.frame 'template' needs masks made "
                           f"with --method register (these are '{mask_record['method']}')")
-    out_dir = cache_dir(dataset, config["name"])
-    plan = {"preset": config["name"], "preprocessing": prep, "masks": mask_record,
+    key = cache_key(prep, mask_record)
+    out_dir = dataset.cache_dir(config["name"], key)
+    plan = {"preset": config["name"], "key": key, "preprocessing": prep, "masks": mask_record,
             "modality": dataset.modality, "labels": dataset.labels, "dataset": str(dataset.root),
             "channels": dataset.channels}
     plan_path = out_dir / "plan.json"
-    same_plan = plan_path.exists() and json.loads(plan_path.read_text()) == plan
+    same_plan = plan_path.exists() and read_json(plan_path) == plan
     todo = [c for c in dataset.cases if not same_plan or not (out_dir / f"{c}.npz").exists()
             or not (out_dir / f"{c}.json").exists()]
     if validate and todo:  # checked before anything is written; cached cases were checked when cached
@@ -265,16 +277,10 @@ def preprocess_dataset(dataset: Dataset, config: dict, workers: int = 1, progres
     if not same_plan:
         for old in out_dir.glob("*.npz"):
             old.unlink()
-    write_text(json.dumps(plan, indent=2), plan_path)
-    jobs = [(c, dataset.image_path(c), dataset.mask_path(c), dataset.label_path(c), prep,
-             dataset.modality, out_dir) for c in todo]
-    desc = f"preprocess ({config['name']})"
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            list(tqdm(pool.map(_one_case, jobs), total=len(jobs), desc=desc, disable=not progress))
-    else:
-        for job in tqdm(jobs, desc=desc, disable=not progress):
-            _one_case(job)
+    write_json(plan, plan_path)
+    jobs = [(c, dataset.image_path(c), dataset.mask_path(c), dataset.label_path(c), dataset.transform_path(c),
+             prep, dataset.modality, out_dir) for c in todo]
+    parallel_map(_one_case, jobs, workers, desc=f"preprocess ({config['name']})", progress=progress)
     return out_dir
 
 
@@ -282,7 +288,7 @@ def load_plan(cache: Path) -> dict:
     path = Path(cache) / "plan.json"
     if not path.exists():
         raise GbmsegError(f"{path}: not found; run 'gbmseg preprocess' first")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def load_case(cache: Path, case: str) -> dict:

@@ -15,8 +15,8 @@ mask, carried into the scan, keeps only the anatomy the template says is there:
 
 The transform maps *template* points to *scan* points (the SimpleITK convention for a transform
 found with the scan as moving image), so ``sitk.Resample(scan, template, transform)`` puts the
-scan in the template's standard frame. ``make_dataset_masks(ds, "register")`` writes it to
-``WORK/masksTr/<case>_to_template.tfm`` beside each mask.
+scan in the template's standard frame. ``make_dataset_masks(ds, "register")`` writes it beside
+each mask, where :meth:`Dataset.transform_path` says.
 
 Example:
     >>> mask = make_mask(read_image("ct.nii.gz"), "register", {"template": "phantom"})  # doctest: +SKIP
@@ -35,7 +35,10 @@ from scipy import ndimage
 
 from .dataset import Dataset
 from .errors import GbmsegError
-from .io import PathLike, atomic_path, from_array, read_image, to_array, write_image
+from .io import PathLike, read_image, to_array
+from .morphology import DEFAULTS as MASK_DEFAULTS
+from .morphology import as_mask, clean, image_mask, otsu_threshold
+from .phantoms import make_phantom
 
 STAGES = ("rigid", "affine")
 PHANTOM_TEMPLATES = {"phantom": "head", "phantom:head": "head", "phantom:heart": "heart"}
@@ -46,6 +49,8 @@ SEED = 20240607  # metric sampling seed: registration is deterministic
 WORK_SPACING = 4.0  # mm, the resolution registration runs at
 MARGIN_MM = 20.0  # how far the scan's mask may reach beyond the warped template mask
 MAX_SCALE = 2.0  # an affine stage that scales by more than this (or less than 1/this) is dropped
+# the recorded parameters of mask method ``register`` (``threshold``'s, plus the template and margin)
+DEFAULTS = {"template": "phantom", **MASK_DEFAULTS["threshold"], "margin_mm": MARGIN_MM}
 
 
 # -- registration -----------------------------------------------------------------------------
@@ -174,8 +179,6 @@ def _radius(image: sitk.Image, centre: np.ndarray) -> float:
 
 def _centroid(image: sitk.Image) -> np.ndarray:
     """World coordinates of the centroid of the Otsu foreground (the image centre if none)."""
-    from .masks import otsu_threshold
-
     arr = to_array(image)
     idx = np.argwhere(arr > otsu_threshold(arr))
     centre = idx.mean(0) if len(idx) else (np.array(arr.shape) - 1) / 2
@@ -195,8 +198,6 @@ def template_image(source: str | Path | None, dataset: Dataset | None, modality:
     """
     key = str(source) if source is not None else None
     if key in PHANTOM_TEMPLATES:
-        from .phantoms import make_phantom
-
         return make_phantom(PHANTOM_TEMPLATES[key], PHANTOM_SEED, "CT" if modality == "CT" else "MR",
                             PHANTOM_SPACING, PHANTOM_SIZE)[0]
     return read_image(template_path(source, dataset))
@@ -217,9 +218,7 @@ def template_path(source: str | Path | None, dataset: Dataset | None) -> Path:
 
 def template_mask(template: sitk.Image) -> sitk.Image:
     """The template's body mask: the ``threshold`` method for CT-like intensities, else ``otsu``."""
-    from .masks import make_mask
-
-    return make_mask(template, "threshold" if guess_modality(template) == "CT" else "otsu")
+    return image_mask(template, "threshold" if guess_modality(template) == "CT" else "otsu")[0]
 
 
 _TEMPLATES: dict[tuple, tuple[sitk.Image, sitk.Image]] = {}
@@ -258,9 +257,7 @@ def register_mask(image: sitk.Image, template: sitk.Image, template_mask: sitk.I
         ``(mask, transform)``: uint8 0/1 mask with the image's geometry; the transform maps
         template points to image points.
     """
-    from .masks import fill_holes, largest_component, otsu_threshold
-
-    p = {"hu": -300.0, "opening_vox": 1, "margin_mm": MARGIN_MM, "stages": STAGES, "spacing": WORK_SPACING,
+    p = {**{k: v for k, v in DEFAULTS.items() if k != "template"}, "stages": STAGES, "spacing": WORK_SPACING,
          **(params or {})}
     modality = p.get("modality") or guess_modality(image)
     transform = register(image, template, stages=p["stages"], spacing=float(p["spacing"]))
@@ -275,15 +272,12 @@ def register_mask(image: sitk.Image, template: sitk.Image, template_mask: sitk.I
     spacing_zyx = image.GetSpacing()[::-1]
     near = ndimage.distance_transform_edt(body != 1, sampling=spacing_zyx) <= float(p["margin_mm"])
     fg &= near | (body == 2)
-    if int(p["opening_vox"]) > 0:
-        fg = ndimage.binary_opening(fg, iterations=int(p["opening_vox"]))
-    fg = largest_component(fg)
-    if not fg.any():
-        raise GbmsegError(f"mask method 'register' found no foreground inside the warped template ({p})")
-    return from_array(fill_holes(fg).astype(np.uint8), image), transform
+    fg = clean(fg, p["opening_vox"], f"mask method 'register' found no foreground inside the warped template ({p})")
+    return as_mask(fg, image), transform
 
 
-def mask_from_params(image: sitk.Image, params: dict) -> tuple[sitk.Image, sitk.Transform]:
+def mask_from_params(image: sitk.Image, params: dict, label: sitk.Image | None = None
+                     ) -> tuple[sitk.Image, sitk.Transform]:
     """:func:`register_mask` with the template named in ``params["template"]`` (``"phantom"`` or a path)."""
     modality = params.get("modality") or guess_modality(image)
     template, tmask = load_template(params.get("template", "phantom"), modality)
@@ -308,24 +302,3 @@ def resolve_params(params: dict, dataset: Dataset) -> dict:
     if str(p.get("template")) not in PHANTOM_TEMPLATES:
         p["template"] = str(template_path(p.get("template"), dataset))
     return p
-
-
-def transform_path(mask_path: PathLike) -> Path:
-    """``masksTr/<case>.nii.gz`` -> ``masksTr/<case>_to_template.tfm``."""
-    mask_path = Path(mask_path)
-    case = mask_path.name[: -len(".nii.gz")] if mask_path.name.endswith(".nii.gz") else mask_path.stem
-    return mask_path.with_name(f"{case}_to_template.tfm")
-
-
-def write_registered_mask(image: sitk.Image, mask_path: PathLike, params: dict) -> Path:
-    """Make the ``register`` mask of ``image``; write the transform, then the mask (both atomically)."""
-    mask, transform = mask_from_params(image, params)
-    write_transform(transform, transform_path(mask_path))
-    return write_image(mask, mask_path)
-
-
-def write_transform(transform: sitk.Transform, path: PathLike) -> Path:
-    """``sitk.WriteTransform`` through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        sitk.WriteTransform(transform, str(tmp))
-    return Path(path)

@@ -12,15 +12,8 @@ jobs are skipped and counted) and writes into ``SWEEP/report/`` (or ``out_dir``)
     comparison.csv  n_train, structure, mode, dice_mode, dice_image, rel_change_pct, n_pairs, p_value
     figures/        dice_vs_n.png, loss_curves.png, overlay_<case>.png
 
-Statistics: sd is the sample sd (ddof 1) over test cases x seeds (x structures for ``ALL``).
-Dice of an empty prediction is 0 and counted; a structure absent from both reference and
-prediction (``both_empty``) has no Dice and is left out. Distances are missing when either side
-is empty; ``n_missing`` counts those rows. ``comparison.csv`` pairs each result of ``mask`` and
-``image+mask`` with the ``image`` result of the same N, test case, seed (and structure for
-``ALL``); means are over the pairs, relative change = 100 (mode - image) / image. The p-value is
-a two-sided Wilcoxon signed-rank test of the paired differences (scipy, zero differences dropped):
-1.0 when every difference is zero, NaN with fewer than ``MIN_PAIRS`` pairs. ``ALL`` pools
-structures, whose differences are not independent; no correction for multiple comparisons.
+Statistics: see :mod:`gbmseg.sweep_stats`, which computes every number; this module draws and
+renders them.
 
 Example:
     >>> make_report("sweeps/head")          # doctest: +SKIP
@@ -33,9 +26,6 @@ import base64
 import html
 import io
 import json
-import re
-import warnings
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,148 +37,16 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from scipy import stats
 
-from .io import PathLike, atomic_path, read_image, same_geometry, to_array, write_text
+from .dataset import Dataset
+from .io import PathLike, atomic_path, read_image, read_json, same_geometry, to_array, write_text
+from .sweep_stats import (ALPHA, COMPARED, MIN_PAIRS, MODE_ORDER, Run, compare, fmt_mean_sd, load_runs, p_text,
+                          statement, summarize_metric, time_table)
 
-MODE_ORDER = ["image", "mask", "image+mask"]
 MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask"}
 MODE_COLOR = {"image": "tab:blue", "mask": "tab:orange", "image+mask": "tab:green"}
-COMPARED = ["mask", "image+mask"]
-ALPHA = 0.05
-MIN_PAIRS = 5  # below this many pairs no p-value (with 5 the smallest exact p is 0.0625 anyway)
 N_OVERLAYS = 3
 DPI = 100
-
-
-@dataclass
-class Run:
-    dir: Path
-    id: str
-    mode: str
-    n_train: int
-    seed: int
-    result: dict
-    history: pd.DataFrame | None
-
-
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def load_runs(sweep_dir: Path) -> tuple[list[Run], pd.DataFrame, list[str]]:
-    """Finished runs, their metrics (one table) and the ids of started jobs without ``done.json``
-    (a folder holding only ``job.json`` is a job not started yet)."""
-    runs, frames, unfinished = [], [], []
-    for job_dir in sorted(p for p in (sweep_dir / "runs").glob("*") if p.is_dir()):
-        if not (job_dir / "done.json").exists():
-            if any(p.name != "job.json" for p in job_dir.iterdir()):
-                unfinished.append(job_dir.name)
-            continue
-        job = _json(job_dir / "job.json") or {}
-        m = re.fullmatch(r"(.+)_n(\d+)_seed(\d+)", job_dir.name)
-        mode = job.get("mode", m.group(1) if m else "?")
-        n = int(job.get("n_train", m.group(2) if m else -1))
-        seed = int(job.get("seed", m.group(3) if m else -1))
-        hist = job_dir / "train" / "history.csv"
-        runs.append(Run(job_dir, job_dir.name, mode, n, seed, _json(job_dir / "train" / "result.json") or {},
-                        pd.read_csv(hist) if hist.exists() else None))
-        if (job_dir / "metrics.csv").exists():
-            frames.append(pd.read_csv(job_dir / "metrics.csv").assign(job=job_dir.name, mode=mode,
-                                                                      n_train=n, seed=seed))
-    columns = ["case", "structure", "dice", "com_mm", "hd95_mm", "status", "job", "mode", "n_train", "seed"]
-    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    return runs, metrics, unfinished
-
-
-# -- numbers ---------------------------------------------------------------------------------------
-def summarize_metric(metrics: pd.DataFrame, column: str, modes, sizes, structures) -> pd.DataFrame:
-    """mean, sd, n (values present) and n_missing (no value though not both empty) per mode x N x structure."""
-    rows = []
-    for mode in modes:
-        for n in sizes:
-            part = metrics[(metrics["mode"] == mode) & (metrics["n_train"] == n)]
-            for s in [*structures, "ALL"]:
-                sub = part if s == "ALL" else part[part["structure"] == s]
-                v = sub[column].astype(float)
-                rows.append(dict(mode=mode, n_train=n, structure=s, mean=v.mean(), sd=v.std(),
-                                 n=int(v.notna().sum()),
-                                 n_missing=int((v.isna() & (sub["status"] != "both_empty")).sum())))
-    return pd.DataFrame(rows)
-
-
-def time_table(runs: list[Run], modes, sizes) -> pd.DataFrame:
-    keys = ["train_time_s", "best_iteration", "time_to_best_s"]
-    df = pd.DataFrame([dict(mode=r.mode, n_train=r.n_train, **{k: r.result.get(k, np.nan) for k in keys})
-                       for r in runs], columns=["mode", "n_train", *keys])
-    rows = []
-    for n in sizes:
-        for mode in modes:
-            sub = df[(df["mode"] == mode) & (df["n_train"] == n)]
-            row = dict(mode=mode, n_train=n)
-            for k in keys:
-                row[f"{k}_mean"], row[f"{k}_sd"] = sub[k].astype(float).mean(), sub[k].astype(float).std()
-            rows.append({**row, "n_runs": len(sub)})
-    return pd.DataFrame(rows)
-
-
-def wilcoxon_p(diff) -> float:
-    """Two-sided Wilcoxon signed-rank p of paired differences; 1.0 if all zero, NaN if < MIN_PAIRS."""
-    d = np.asarray(diff, dtype=float)
-    d = np.where(np.abs(d) < 1e-12, 0.0, d)
-    if len(d) < MIN_PAIRS:
-        return float("nan")
-    if not d.any():
-        return 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.wilcoxon(d).pvalue)
-
-
-def compare(metrics: pd.DataFrame, sizes, structures) -> pd.DataFrame:
-    """Dice of mask and image+mask against image only, paired by N, case, seed and structure."""
-    key = ["case", "seed", "structure"]
-    rows = []
-    for n in sizes:
-        base = metrics[(metrics["mode"] == "image") & (metrics["n_train"] == n)][key + ["dice"]]
-        for mode in COMPARED:
-            other = metrics[(metrics["mode"] == mode) & (metrics["n_train"] == n)][key + ["dice"]]
-            pairs = other.merge(base, on=key, suffixes=("", "_image")).dropna(subset=["dice", "dice_image"])
-            for s in [*structures, "ALL"]:
-                p = pairs if s == "ALL" else pairs[pairs["structure"] == s]
-                dm, di = p["dice"].mean(), p["dice_image"].mean()
-                rows.append(dict(n_train=n, structure=s, mode=mode, dice_mode=dm, dice_image=di,
-                                 rel_change_pct=100 * (dm - di) / di if di > 0 else np.nan,
-                                 n_pairs=len(p), p_value=wilcoxon_p(p["dice"] - p["dice_image"])))
-    return pd.DataFrame(rows)
-
-
-def _fmt(mean, sd, digits: int) -> str:
-    if pd.isna(mean):
-        return ""
-    return f"{mean:.{digits}f} ({'–' if pd.isna(sd) else f'{sd:.{digits}f}'})"
-
-
-def _p_text(p: float) -> str:
-    return "p n/a" if pd.isna(p) else ("p<0.001" if p < 0.001 else f"p={p:.2g}")
-
-
-def statement(row) -> str:
-    """One sentence for one comparison.csv row, computed from its numbers."""
-    what = f"{row['mode']} vs image"
-    if row["n_pairs"] == 0:
-        return f"{what}: no paired results"
-    if pd.isna(row["rel_change_pct"]):
-        return f"{what}: image-only Dice is 0, relative change undefined ({_p_text(row['p_value'])})"
-    if pd.isna(row["p_value"]):
-        verdict = f"too few pairs ({row['n_pairs']}) for a test"
-    else:
-        verdict = ("significant" if row["p_value"] < ALPHA else "not significant") + f" at {ALPHA:g}"
-    return f"{what} {row['rel_change_pct']:+.1f}% (Dice {row['dice_mode']:.3f} vs {row['dice_image']:.3f}, " \
-           f"{_p_text(row['p_value'])}, {verdict}, {row['n_pairs']} pairs)"
 
 
 # -- figures -----------------------------------------------------------------------------------------
@@ -334,24 +192,35 @@ def fig_overlay(case: str, image: sitk.Image, label: sitk.Image, preds: dict, la
     return _png(fig, handles, f"Test case {case}")
 
 
-def overlays(sweep: dict, runs: list[Run], metrics: pd.DataFrame, modes) -> dict[str, bytes]:
-    """``overlay_<case>.png`` for the first test cases: each mode's run at its largest N, first seed."""
-    from .dataset import Dataset
+def overlay_panels(sweep: dict, runs: list[Run], metrics: pd.DataFrame, modes, case: str) -> dict:
+    """Panel title -> prediction path (``None``: the mode has no finished run) of one overlay figure:
+    each mode's run at its largest N, first seed."""
+    panels = {}
+    for mode in modes:
+        have = [r for r in runs if r.mode == mode and (r.dir / "predictions" / f"{case}.nii.gz").exists()]
+        if not have:
+            panels[f"{MODE_TITLE.get(mode, mode)}\n(no finished run)"] = None
+            continue
+        r = min(have, key=lambda r: (-r.n_train, r.seed))
+        rows = metrics[(metrics["job"] == r.id) & (metrics["case"] == case)]
+        title = f"{MODE_TITLE.get(mode, mode)}\nN={r.n_train}, seed {r.seed}, Dice {rows['dice'].mean():.2f}"
+        panels[title] = r.dir / "predictions" / f"{case}.nii.gz"
+    return panels
 
-    ds = Dataset(sweep["dataset"])
+
+def overlay_cases(sweep: dict, metrics: pd.DataFrame, ds: Dataset) -> list[str]:
+    """The first ``N_OVERLAYS`` test cases."""
     cases = sweep.get("split", {}).get("test") or sorted(metrics["case"].unique())
+    return [c for c in cases if c in ds.cases][:N_OVERLAYS]
+
+
+def overlays(sweep: dict, runs: list[Run], metrics: pd.DataFrame, modes) -> dict[str, bytes]:
+    """``overlay_<case>.png`` for the first test cases (see :func:`overlay_panels`)."""
+    ds = Dataset(sweep["dataset"])
     out = {}
-    for case in [c for c in cases if c in ds.cases][:N_OVERLAYS]:
-        preds = {}
-        for mode in modes:
-            have = [r for r in runs if r.mode == mode and (r.dir / "predictions" / f"{case}.nii.gz").exists()]
-            if not have:
-                preds[f"{MODE_TITLE.get(mode, mode)}\n(no finished run)"] = None
-                continue
-            r = min(have, key=lambda r: (-r.n_train, r.seed))
-            rows = metrics[(metrics["job"] == r.id) & (metrics["case"] == case)]
-            title = f"{MODE_TITLE.get(mode, mode)}\nN={r.n_train}, seed {r.seed}, Dice {rows['dice'].mean():.2f}"
-            preds[title] = read_image(r.dir / "predictions" / f"{case}.nii.gz")
+    for case in overlay_cases(sweep, metrics, ds):
+        preds = {title: None if path is None else read_image(path)
+                 for title, path in overlay_panels(sweep, runs, metrics, modes, case).items()}
         out[f"overlay_{case}.png"] = fig_overlay(case, read_image(ds.image_path(case)), read_image(ds.label_path(case)),
                                                  preds, sweep["labels"], sweep.get("modality", "CT"))
     return out
@@ -425,9 +294,9 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
     mq = sweep_dir / "mask_quality.csv"
     if mq.exists():
         q = pd.read_csv(mq)
-        items.append(f"Mask quality vs union of labels ({len(q)} cases): Dice {_fmt(q['dice'].mean(), q['dice'].std(), 3)}, "
-                     f"volume error {_fmt(q['volume_error_pct'].mean(), q['volume_error_pct'].std(), 1)} %, "
-                     f"COM distance {_fmt(q['com_mm'].mean(), q['com_mm'].std(), 1)} mm "
+        items.append(f"Mask quality vs union of labels ({len(q)} cases): Dice {fmt_mean_sd(q['dice'].mean(), q['dice'].std(), 3)}, "
+                     f"volume error {fmt_mean_sd(q['volume_error_pct'].mean(), q['volume_error_pct'].std(), 1)} %, "
+                     f"COM distance {fmt_mean_sd(q['com_mm'].mean(), q['com_mm'].std(), 1)} mm "
                      "(meaningful where the labels make up the whole organ, e.g. the heart; a head mask "
                      "is much larger than its labelled structures)")
     started = len(runs) + len(unfinished)
@@ -450,7 +319,7 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
     """Write report.html, report.md, the CSVs and figures of a (possibly partial) sweep; return the HTML path."""
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
-    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    sweep = read_json(sweep_dir / "sweep.json")
     runs, metrics, unfinished = load_runs(sweep_dir)
     structures = list(sweep["labels"])
     modes = sorted(set(sweep["modes"]) | {r.mode for r in runs},
@@ -465,7 +334,7 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
 
     def cell(table, mode, n, s, digits, missing=False):
         r = tables[table].set_index(["mode", "n_train", "structure"]).loc[(mode, n, s)]
-        text = _fmt(r["mean"], r["sd"], digits)
+        text = fmt_mean_sd(r["mean"], r["sd"], digits)
         return text + (f" [{int(r['n_missing'])} missing]" if missing and text and r["n_missing"] else "")
 
     def grouped(rows_for):  # rows N x structure, N printed on each group's first row
@@ -484,8 +353,8 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
     blocks += [("h2", "Training time"), ("table", ["N", "mode", "training time (s)", "best iteration",
                                                    "time to best (s)", "runs"],
                 [[r.n_train if r.mode == modes[0] else "", MODE_TITLE.get(r.mode, r.mode),
-                  _fmt(r.train_time_s_mean, r.train_time_s_sd, 0), _fmt(r.best_iteration_mean, r.best_iteration_sd, 0),
-                  _fmt(r.time_to_best_s_mean, r.time_to_best_s_sd, 0), r.n_runs] for r in t.itertuples()],
+                  fmt_mean_sd(r.train_time_s_mean, r.train_time_s_sd, 0), fmt_mean_sd(r.best_iteration_mean, r.best_iteration_sd, 0),
+                  fmt_mean_sd(r.time_to_best_s_mean, r.time_to_best_s_sd, 0), r.n_runs] for r in t.itertuples()],
                 "mean (sd) over seeds, from each run's train/result.json.")]
 
     def change(n, s, mode):
@@ -493,9 +362,9 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
         if r["n_pairs"] == 0:
             return ""
         if pd.isna(r["rel_change_pct"]):
-            return f"n/a ({_p_text(r['p_value'])})"
+            return f"n/a ({p_text(r['p_value'])})"
         star = " *" if r["p_value"] < ALPHA else ""
-        return f"{r['rel_change_pct']:+.1f}% ({_p_text(r['p_value'])}){star}"
+        return f"{r['rel_change_pct']:+.1f}% ({p_text(r['p_value'])}){star}"
 
     blocks += [("h2", "Mask-based inputs vs image only"),
                ("table", ["N", "structure", *[f"{MODE_TITLE[m]} vs image only" for m in COMPARED]],

@@ -4,7 +4,8 @@ A sweep folder::
 
     sweep.json                   dataset, labels, modes, sizes, seeds, split, resolved config, masks
     runs/<mode>_n<NN>_seed<S>/   one independent, self-describing job
-        job.json                 everything needed to run it (dataset, work folder, cases, config)
+        job.json                 everything needed to run it (dataset, work folder, cases, config,
+                                 and the mask record and cache key it was planned with)
         train/                   the training run (see :mod:`gbmseg.training`)
         predictions/<case>.nii.gz  test-set predictions in the images' own geometry
         metrics.csv              evaluation rows (+ job, mode, n_train, seed)
@@ -24,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from datetime import datetime, timezone
@@ -34,25 +34,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import MODES, load_config
-from .dataset import Dataset
+from .dataset import Dataset, split_cases
 from .errors import GbmsegError
 from .evaluation import evaluate_folder, evaluate_masks
-from .inference import load_model, predict_file
-from .io import write_text
-from .masks import read_mask_record
-from .preprocessing import cache_dir, preprocess_dataset
+from .io import read_json, write_json, write_text
+from .predict import load_model, predict_file
+from .preprocessing import cache_key, preprocess_dataset
 from .training import train
 
-
-def split_cases(cases: list[str], n_val: int, n_test: int, seed: int = 0) -> dict:
-    """Fixed split: ``n_val`` validation and ``n_test`` test cases drawn with ``seed``; the rest is the pool."""
-    if n_val < 1 or n_test < 1 or n_val + n_test >= len(cases):
-        raise GbmsegError(f"cannot split {len(cases)} cases into {n_val} validation, {n_test} test "
-                          "and at least one training case")
-    order = sorted(cases)
-    random.Random(seed).shuffle(order)
-    return {"val": sorted(order[:n_val]), "test": sorted(order[n_val:n_val + n_test]),
-            "pool": sorted(order[n_val + n_test:])}
+__all__ = ["split_cases", "training_subset", "job_id", "plan_sweep", "jobs", "run_job", "run_sweep",
+           "collect_metrics"]
 
 
 def training_subset(pool: list[str], n: int, seed: int) -> list[str]:
@@ -97,30 +88,32 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
     sweep = {"dataset": str(dataset.root.resolve()), "work": str(dataset.work.resolve()), "name": dataset.name,
              "labels": dataset.labels, "modality": dataset.modality, "modes": modes, "sizes": capped,
              "requested_sizes": requested, "seeds": seeds, "preset": preset, "config": config,
-             "split": split, "masks": read_mask_record(dataset),
+             "split": split, "masks": dataset.read_mask_record(),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = out / "sweep.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path)
         keys = ("dataset", "modes", "sizes", "seeds", "config", "split")
         if any(old.get(k) != sweep[k] for k in keys):
             raise GbmsegError(f"{path}: a different sweep already lives here; choose another output folder")
         sweep["created"] = old["created"]
-    write_text(json.dumps(sweep, indent=2), path)
+    write_json(sweep, path)
+    key = cache_key(config["preprocessing"], sweep["masks"])
     for seed in seeds:
         for n in capped:
             for mode in modes:
                 jid = job_id(mode, n, seed)
                 job = {"id": jid, "mode": mode, "n_train": n, "seed": seed,
                        "train": training_subset(pool, n, seed), "val": split["val"], "test": split["test"],
-                       "dataset": sweep["dataset"], "work": sweep["work"], "config": config}
-                write_text(json.dumps(job, indent=2), out / "runs" / jid / "job.json")
+                       "dataset": sweep["dataset"], "work": sweep["work"], "config": config,
+                       "masks": sweep["masks"], "cache_key": key}
+                write_json(job, out / "runs" / jid / "job.json")
     return out
 
 
 def jobs(sweep_dir: str | Path) -> list[Path]:
     """Job folders of a sweep in run order (seeds, then sizes, then modes)."""
-    sweep = json.loads((Path(sweep_dir) / "sweep.json").read_text())
+    sweep = read_json(Path(sweep_dir) / "sweep.json")
     return [Path(sweep_dir) / "runs" / job_id(m, n, s)
             for s in sweep["seeds"] for n in sweep["sizes"] for m in sweep["modes"]]
 
@@ -130,12 +123,19 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
     job_dir = Path(job_dir)
     done = job_dir / "done.json"
     if done.exists():
-        return json.loads(done.read_text())
-    job = json.loads((job_dir / "job.json").read_text())
+        return read_json(done)
+    job = read_json(job_dir / "job.json")
     ds = Dataset(job["dataset"], work=job["work"])
     config = job["config"]
-    cache = cache_dir(ds, config["name"])
+    masks = ds.read_mask_record()
+    if "masks" in job and masks != job["masks"]:
+        raise GbmsegError(f"{ds.mask_record_path}: the global masks changed since {job_dir / 'job.json'} was "
+                          f"planned (now '{masks['method']}', planned '{job['masks']['method']}'); plan a new sweep")
     start = time.time()
+    cache = preprocess_dataset(ds, config, progress=progress)  # its own cache: a no-op when already made
+    if "cache_key" in job and cache.name != f"{config['name']}_{job['cache_key']}":
+        raise GbmsegError(f"{cache}: is not the cache {job_dir / 'job.json'} was planned with "
+                          f"(key {job['cache_key']})")
     result = train(cache, job["mode"], job["train"], job["val"], config, job_dir / "train",
                    seed=job["seed"], device=device, progress=progress)
     model = load_model(job_dir / "train", device=device)
@@ -154,14 +154,14 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
                "predict_s_per_case": predict_s / max(1, len(job["test"])),
                "job_wall_s": time.time() - start,
                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_text(json.dumps(summary, indent=2), done)
+    write_json(summary, done)
     return summary
 
 
 def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1, progress: bool = True) -> pd.DataFrame:
     """Run every unfinished job of a sweep (preprocessing first), then return all metrics."""
     sweep_dir = Path(sweep_dir)
-    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    sweep = read_json(sweep_dir / "sweep.json")
     ds = Dataset(sweep["dataset"], work=sweep["work"])
     preprocess_dataset(ds, sweep["config"], workers=workers, progress=progress)
     quality = sweep_dir / "mask_quality.csv"

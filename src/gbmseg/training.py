@@ -33,22 +33,11 @@ from tqdm import tqdm
 from . import __version__
 from .config import channels_for_mode
 from .errors import GbmsegError
-from .io import atomic_path, write_text
-from .network import build_network
-from .preprocessing import load_case, load_plan
+from .io import atomic_path, read_json, write_text
+from .network import build_network, select_device
+from .preprocessing import load_case, load_plan, stack_inputs
 
 HISTORY_FIELDS = ["iteration", "train_loss", "val_loss", "val_dice", "wall_s"]
-
-
-def select_device(name: str | None = None) -> torch.device:
-    """``name`` if given, else cuda, then mps, then cpu."""
-    if name:
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -64,12 +53,6 @@ def make_loss(name: str):
     if name == "dicece":
         return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
     raise GbmsegError(f"unknown loss '{name}' (choose dice or dicece)")
-
-
-def stack_inputs(case: dict, mode: str) -> np.ndarray:
-    """Network input ``(C, Z, Y, X)`` of a preprocessed case for ``mode``."""
-    parts = {"image": case["image"], "mask": case["mask"][None].astype(np.float32)}
-    return np.concatenate([parts[c] for c in channels_for_mode(mode)], axis=0)
 
 
 def mean_dice(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> float:
@@ -95,6 +78,9 @@ class Trainer:
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
         self.cfg, self.tcfg, self.seed, self.progress = config, config["training"], seed, progress
         self.plan = load_plan(self.cache)
+        if self.plan["preprocessing"] != config["preprocessing"]:
+            raise GbmsegError(f"{self.cache / 'plan.json'}: this cache was made with other preprocessing settings "
+                              "than the run's config; preprocess with this config first")
         self.n_classes = len(self.plan["labels"]) + 1
         self.device = select_device(device)
         self.amp = bool(self.tcfg.get("amp", True)) and self.device.type == "cuda"
@@ -230,14 +216,14 @@ def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], 
     """Train (or resume, or skip if finished) one run; returns the content of ``result.json``."""
     out = Path(out_dir)
     if (out / "config.json").exists():
-        old = json.loads((out / "config.json").read_text())
+        old = read_json(out / "config.json")
         new = {"mode": mode, "seed": seed, "train_cases": list(train_cases), "val_cases": list(val_cases),
                "config": _without_budget(config)}
         if any((_without_budget(old[k]) if k == "config" else old.get(k)) != v for k, v in new.items()):
             raise GbmsegError(f"{out}: holds a run with another mode, seed, cases or config; "
                               "choose another output folder")
     if (out / "result.json").exists() and (out / "model.pt").exists():
-        return json.loads((out / "result.json").read_text())
+        return read_json(out / "result.json")
     return Trainer(cache, mode, train_cases, val_cases, config, out, seed, device, progress).fit()
 
 

@@ -1,0 +1,98 @@
+"""Two-stage prediction: image (and optionally a ready global mask) in, label map out in the input's geometry.
+
+Stage 1 makes the global mask from the image with the method recorded at training time
+(``threshold``, ``otsu``, ``register``, ``model``, ``box``; see :mod:`gbmseg.global_masks`), unless
+one is given. A model trained on label-derived masks cannot make its own and asks for ``--mask``.
+A model whose crops are taken in the template's standard frame (``preprocessing.frame =
+"template"``) registers the scan to its template, also when a mask is given. Stage 2 runs the
+network on the model grid (:func:`gbmseg.inference.segment`).
+
+Example:
+    >>> model = load_model("runs/x")                                      # doctest: +SKIP
+    >>> predict_file(model, "new_ct.nii.gz", "new_seg.nii.gz")            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from .errors import GbmsegError
+from .global_masks import mask_for_record
+from .inference import Model, load_model, segment
+from .io import read_image, to_array, write_image
+from .preprocessing import frame_of
+from .registration import transform_from_params
+
+__all__ = ["Model", "load_model", "predict_image", "predict_file", "predict_folder"]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = None,
+                  name: str = "image") -> sitk.Image:
+    """Label map (uint8) for ``image`` with exactly its size, spacing, origin and direction."""
+    rec = model.info["masks"]
+    transform = None
+    if mask is None:
+        mask, transform = mask_for_record(rec, image, name)
+    elif not (to_array(mask) > 0).any():
+        raise GbmsegError(f"{name}: the given global mask is empty")
+    if frame_of(model.info["config"]["preprocessing"]) == "template" and transform is None:
+        transform = transform_from_params(image, rec.get("params") or {})
+    return segment(model, image, mask, transform, name)
+
+
+def predict_file(model: Model, image_path: str | Path, out_path: str | Path,
+                 mask_path: str | Path | None = None) -> Path:
+    """Predict one file (or DICOM folder) and write the label map atomically."""
+    image = read_image(image_path)
+    mask = read_image(mask_path) if mask_path else None
+    seg = predict_image(model, image, mask, name=str(image_path))
+    return write_image(seg, out_path)
+
+
+def _split_name(path: Path) -> tuple[str, str | None]:
+    """``head_001_0000.nii.gz`` -> (``head_001``, ``0000``); names without a channel suffix -> (name, None)."""
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    match = re.fullmatch(r"(.+)_(\d{4})", name)
+    return (match[1], match[2]) if match else (name, None)
+
+
+def predict_folder(model: Model, in_dir: str | Path, out_dir: str | Path, mask_dir: str | Path | None = None,
+                   progress: bool = True, overwrite: bool = False) -> list[Path]:
+    """Predict every image in ``in_dir`` (``<case>_0000.nii.gz`` or any image file) into ``out_dir/<case>.nii.gz``.
+
+    Masks, if given, are ``mask_dir/<case>.nii.gz``. Existing outputs are skipped unless ``overwrite``.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    images = sorted(p for p in in_dir.iterdir() if p.name.endswith(IMAGE_SUFFIXES))
+    nnunet_cases = {case for case, channel in map(_split_name, images) if channel == "0000"}
+    todo = {}  # case -> first-channel file; nnU-Net's other channels (_0001, ...) are skipped
+    for path in images:
+        case, channel = _split_name(path)
+        if case in nnunet_cases:
+            if channel == "0000":
+                todo[case] = path
+        else:
+            todo[case if channel is None else f"{case}_{channel}"] = path
+    if not todo:
+        raise GbmsegError(f"{in_dir}: no image files found")
+    written = []
+    for case, path in tqdm(sorted(todo.items()), desc="predict", disable=not progress):
+        out = out_dir / f"{case}.nii.gz"
+        if out.exists() and not overwrite:
+            written.append(out)
+            continue
+        mask = Path(mask_dir) / f"{case}.nii.gz" if mask_dir else None
+        if mask is not None and not mask.exists():
+            raise GbmsegError(f"{mask}: global mask for '{case}' not found")
+        written.append(predict_file(model, path, out, mask))
+    return written
