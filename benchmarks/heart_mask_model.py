@@ -21,10 +21,10 @@ import pandas as pd
 from gbmseg.config import load_config
 from gbmseg.dataset import Dataset
 from gbmseg.evaluation import evaluate_case, evaluate_masks
-from gbmseg.inference import load_model, predict_image
+from gbmseg.predict import load_model, predict_image
 from gbmseg.io import read_image
 from gbmseg.mask_model import train_mask_model
-from gbmseg.masks import make_dataset_masks
+from gbmseg.global_masks import make_dataset_masks
 from gbmseg.preprocessing import preprocess_dataset
 from gbmseg.sweep import split_cases, training_subset
 from gbmseg.training import train

@@ -21,6 +21,7 @@ Writes ``benchmarks/results/standard_frame.md`` and ``.csv``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import platform
 import time
@@ -30,12 +31,11 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from gbmseg.config import load_config
+from gbmseg.config import PreprocessingConfig, load_config
 from gbmseg.dataset import Dataset
 from gbmseg.io import read_image, to_array
-from gbmseg.masks import make_dataset_masks
+from gbmseg.global_masks import make_dataset_masks
 from gbmseg.preprocessing import preprocess_image
-from gbmseg.registration import transform_path
 
 HERE = Path(__file__).parent
 
@@ -49,19 +49,19 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / s) if s else float("nan")
 
 
-def measure(ds: Dataset, prep: dict) -> tuple[list[dict], list[dict], dict[str, np.ndarray]]:
+def measure(ds: Dataset, prep: PreprocessingConfig) -> tuple[list[dict], list[dict], dict[str, np.ndarray]]:
     """Per-case rows, per-frame summary, and each case's standard-frame axes (its template-frame grid)."""
     rows, summary, axes = [], [], {}
-    spacing = np.asarray(prep["spacing"], float)
+    spacing = np.asarray(prep.spacing, float)
     crops: dict[str, dict[str, np.ndarray]] = {"scan": {}, "template": {}}
     for case in ds.cases:
         image, label, mask = (read_image(p) for p in (ds.image_path(case), ds.label_path(case), ds.mask_path(case)))
-        transform = sitk.ReadTransform(str(transform_path(ds.mask_path(case))))
+        transform = sitk.ReadTransform(str(ds.transform_path(case)))
         total = np.bincount(to_array(label).ravel(), minlength=len(ds.labels) + 1)
         # voxels of a label at the crop's spacing per voxel at the image's: for the fraction inside the crop
         vox_ratio = np.prod(label.GetSpacing()) / np.prod(spacing)
         for frame in crops:
-            data = preprocess_image(image, mask, {**prep, "frame": frame}, ds.modality, label=label,
+            data = preprocess_image(image, mask, dataclasses.replace(prep, frame=frame), ds.modality, label=label,
                                     name=case, transform=transform)
             lab = data["label"]
             crops[frame][case] = lab
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     ap.add_argument("--datasets", default="head_CT,head_MR")
     args = ap.parse_args()
-    prep = load_config("fast")["preprocessing"]
+    prep = load_config("fast").preprocessing
     rows, summary, times, sets = [], [], [], []
     for name in args.datasets.split(","):
         ds = Dataset(Path(args.data) / name, work=HERE / "work" / f"{name}_register")
@@ -137,7 +137,7 @@ def main() -> None:
     table = pd.DataFrame(summary)
     md = ["# Crops in the template's standard frame vs scanner axes", "",
           f"Machine: {platform.node()} {platform.machine()}, CPU. Preset `fast` grid "
-          f"({prep['spacing'][0]} mm, {prep['size'][0]}^3); masks `register` (built-in phantom template).", "",
+          f"({prep.spacing[0]} mm, {prep.size[0]}^3); masks `register` (built-in phantom template).", "",
           *[f"- {t}" for t in times], "",
           table.round(3).to_markdown(index=False), "",
           "com_spread: RMS distance (mm) of a structure's centre of mass from its mean position across "

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from gbmseg.dataset import Dataset
-from gbmseg.masks import make_dataset_masks
+from gbmseg.global_masks import make_dataset_masks
 from gbmseg.report import make_report
 from gbmseg.sweep import plan_sweep, run_sweep
 

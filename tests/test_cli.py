@@ -9,7 +9,7 @@ from gbmseg.cli import main
 
 def test_cli_pipeline_end_to_end(toy_dataset, tmp_path, capsys):
     work, preset = tmp_path / "work", tmp_path / "tiny.json"
-    preset.write_text(json.dumps(tiny_config(max_iterations=10, val_interval=5)))
+    preset.write_text(json.dumps(tiny_config(max_iterations=10, val_interval=5).to_dict()))
     ds = str(toy_dataset)
     assert main(["masks", ds, "--work", str(work)]) == 0
     assert main(["preprocess", ds, "--work", str(work), "--preset", str(preset)]) == 0

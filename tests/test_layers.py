@@ -14,8 +14,8 @@ import gbmseg
 LAYERS = [
     ["__init__", "errors"],
     ["io", "parallel"],
-    ["config", "network", "phantoms"],
-    ["dataset", "testing"],              # dataset: owns every path of a work folder; testing: toy data
+    ["config", "phantoms"],
+    ["dataset", "network", "testing"],   # dataset: owns every path of a work folder; the U-Net; toy data
     ["morphology", "evaluation"],        # image-only mask methods; metrics
     ["registration"],                    # register to a template (mask method 'register', standard frame)
     ["preprocessing"],                   # model grid, cache (is given masks and transforms)

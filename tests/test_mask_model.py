@@ -24,9 +24,9 @@ def heart(tmp_path_factory):
     ds = Dataset(root, work=tmp / "work")
     preset = tmp / "coarse_tiny.json"
     cfg = tiny_config(max_iterations=80, val_interval=20, lr=0.003)
-    cfg["name"] = "coarse_tiny"
-    cfg["preprocessing"].update(spacing=[5.0, 5.0, 5.0], size=[40, 40, 40])
-    preset.write_text(json.dumps(cfg))
+    cfg.name = "coarse_tiny"
+    cfg.preprocessing.spacing, cfg.preprocessing.size = [5.0, 5.0, 5.0], [40, 40, 40]
+    preset.write_text(json.dumps(cfg.to_dict()))
     result = train_mask_model(ds, tmp / "mask_model", preset=str(preset), val_cases=["heart_006"], progress=False)
     record = make_dataset_masks(ds, "model", {"model": str(tmp / "mask_model")}, progress=False)
     return ds, tmp, record, result

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -78,7 +79,7 @@ def test_round_trip_geometry(direction):
     """Resample + crop onto the model grid, then back: input geometry, labels within one voxel."""
     image, label = toy_case(3, size=40, spacing=2.0, direction=direction)
     mask = make_mask(image, "threshold")
-    prep = tiny_config()["preprocessing"] | {"spacing": [2.0, 2.0, 2.0], "size": [48, 48, 48]}
+    prep = dataclasses.replace(tiny_config().preprocessing, spacing=[2.0, 2.0, 2.0], size=[48, 48, 48])
     data = preprocess_image(image, mask, prep, "CT", label=label)
     assert data["image"].shape == (1, 48, 48, 48)
     assert 0.0 <= data["image"].min() and data["image"].max() <= 1.0
@@ -99,9 +100,9 @@ def test_crop_is_centred_on_mask_not_label():
     image, label = toy_case(4)
     mask = make_mask(image, "threshold")
     centre = mask_center(mask)
-    prep = tiny_config()["preprocessing"]
+    prep = tiny_config().preprocessing
     data = preprocess_image(image, mask, prep, "CT", label=label)
-    grid_centre = np.array(data["grid"]["origin"]) + np.array(data["grid"]["spacing"]) * (np.array(prep["size"]) - 1) / 2
+    grid_centre = np.array(data["grid"]["origin"]) + np.array(data["grid"]["spacing"]) * (np.array(prep.size) - 1) / 2
     assert np.allclose(grid_centre, centre)
     # moving the label does not move the crop
     shifted = sitk.GetArrayFromImage(label)
@@ -114,7 +115,7 @@ def test_crop_is_centred_on_mask_not_label():
 def test_mr_percentile_scaling():
     image, _, _ = _body()
     img = sitk.Cast(image, sitk.sitkFloat32) * 3.0 + 5000.0
-    data = preprocess_image(img, make_mask(image, "threshold"), tiny_config()["preprocessing"], "MR")
+    data = preprocess_image(img, make_mask(image, "threshold"), tiny_config().preprocessing, "MR")
     assert data["image"].min() == 0.0 and data["image"].max() == 1.0
 
 
@@ -123,7 +124,7 @@ def test_mask_geometry_mismatch_is_an_error():
     mask = make_mask(image, "threshold")
     mask.SetOrigin((0.0, 0.0, 0.0))
     with pytest.raises(GbmsegError, match="geometry"):
-        preprocess_image(image, mask, tiny_config()["preprocessing"], "CT", name="m.nii.gz")
+        preprocess_image(image, mask, tiny_config().preprocessing, "CT", name="m.nii.gz")
 
 
 def test_preprocess_dataset_caches_and_skips(toy_dataset, tmp_path):

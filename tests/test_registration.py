@@ -1,11 +1,13 @@
 """Mask method ``register``: template registration (rigid + affine, mutual information)."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from gbmseg.config import PreprocessingConfig
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
 from gbmseg.io import read_image
@@ -179,7 +181,8 @@ def test_template_frame_crops_a_tilted_head_upright():
     image, label = make_phantom("head", 3, "CT", SPACING, SIZE)
     truth = _truth()
     moved, moved_label = _moved(image, label, truth)
-    prep = {"spacing": [SPACING] * 3, "size": [40] * 3, "ct_window": [-200, 200], "frame": "template"}
+    prep = PreprocessingConfig(spacing=[SPACING] * 3, size=[40] * 3, ct_window=[-200, 200], mr_percentiles=[0.5, 99.5],
+                               frame="template")
     crops, axes = {}, {}
     for name, (img, lab) in {"upright": (image, label), "tilted": (moved, moved_label)}.items():
         mask, transform = register_mask(img, template, tmask)
@@ -196,7 +199,7 @@ def test_template_frame_crops_a_tilted_head_upright():
     standard = _dice(crops["tilted"], crops["upright"])
     scanner = {}
     for name, (img, lab) in {"upright": (image, label), "tilted": (moved, moved_label)}.items():
-        data = preprocess_image(img, make_mask(img, "threshold"), {**prep, "frame": "scan"}, "CT", label=lab)
+        data = preprocess_image(img, make_mask(img, "threshold"), dataclasses.replace(prep, frame="scan"), "CT", label=lab)
         scanner[name] = data["label"]
     assert standard > 0.8
     assert standard > _dice(scanner["tilted"], scanner["upright"]) + 0.1
@@ -215,7 +218,7 @@ def test_template_frame_needs_register_masks_and_predicts_in_input_geometry(tmp_
     root = write_phantom_dataset(tmp_path / "Heads", n=3, spacing=SPACING, size=SIZE)
     ds = Dataset(root, work=tmp_path / "work")
     cfg = tiny_config(max_iterations=2, val_interval=1)
-    cfg["preprocessing"]["frame"] = "template"
+    cfg.preprocessing.frame = "template"
     make_dataset_masks(ds, "threshold", progress=False)
     with pytest.raises(GbmsegError, match="needs masks made with --method register"):
         preprocess_dataset(ds, cfg, progress=False)

@@ -36,7 +36,7 @@ def test_round_trip_on_a_real_case():
     ds = Dataset(DATA / "head_CT")
     case = ds.cases[0]
     image, label = read_image(ds.image_path(case)), read_image(ds.label_path(case))
-    data = preprocess_image(image, make_mask(image, "threshold"), load_config("paper")["preprocessing"], "CT", label=label)
+    data = preprocess_image(image, make_mask(image, "threshold"), load_config("paper").preprocessing, "CT", label=label)
     back = sitk.GetArrayFromImage(to_original_geometry(data["label"], data["grid"], image))
     ref = sitk.GetArrayFromImage(label)
     for value in ds.labels.values():

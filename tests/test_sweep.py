@@ -35,7 +35,7 @@ def _toy_sweep(tmp_path, sizes=(1, 2, 50)):
     make_dataset_masks(ds, progress=False)
     cfg = tiny_config(max_iterations=20, val_interval=10)
     preset = tmp_path / "tiny.json"
-    preset.write_text(json.dumps(cfg))
+    preset.write_text(json.dumps(cfg.to_dict()))
     sweep = plan_sweep(ds, tmp_path / "sweep", modes=["image", "image+mask"], sizes=list(sizes), seeds=[0],
                        preset=str(preset), val=["toy_000"], test=["toy_001"])
     return ds, sweep

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from .dataset import check_image
+from .config import Config
 from .errors import GbmsegError
 from .io import read_json
 from .network import UNet3D, build_network, select_device
@@ -29,6 +30,7 @@ class Model:
     net: UNet3D
     info: dict
     device: torch.device
+    config: Config
 
     @property
     def mode(self) -> str:
@@ -43,10 +45,11 @@ def load_model(run_dir: str | Path, device: str | None = None) -> Model:
         if not p.exists():
             raise GbmsegError(f"{p}: not found; is {run_dir} a finished training run?")
     info = read_json(cfg_path)
+    config = Config.from_dict(info["config"], source=str(cfg_path), record=True)
     dev = select_device(device)
-    net = build_network(info["config"]["network"], len(info["channels"]), len(info["labels"]) + 1)
+    net = build_network(config.network, len(info["channels"]), len(info["labels"]) + 1)
     net.load_state_dict(torch.load(weights, map_location=dev, weights_only=True)["model"])
-    return Model(net.to(dev).eval(), info, dev)
+    return Model(net.to(dev).eval(), info, dev, config)
 
 
 def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.Transform | None = None,
@@ -55,7 +58,7 @@ def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.T
     template's standard frame, its registration ``transform``), with exactly the image's geometry."""
     check_image(image, Path(name))
     mask = sitk.Cast(mask > 0, sitk.sitkUInt8) if mask.GetPixelID() != sitk.sitkUInt8 else mask
-    data = preprocess_image(image, mask, model.info["config"]["preprocessing"], model.info["modality"],
+    data = preprocess_image(image, mask, model.config.preprocessing, model.info["modality"],
                             name=name, transform=transform)
     x = torch.from_numpy(stack_inputs(data, model.mode))[None].to(model.device)
     with torch.no_grad(), torch.autocast(model.device.type, enabled=model.device.type == "cuda"):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import NetworkConfig
+
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01)}
 NORMS = {"batch": nn.BatchNorm3d, "instance": lambda c: nn.InstanceNorm3d(c, affine=True),
          "none": lambda c: nn.Identity()}
@@ -84,10 +86,10 @@ class UNet3D(nn.Module):
         return self.head(x)
 
 
-def build_network(net_cfg: dict, in_channels: int, n_classes: int) -> UNet3D:
+def build_network(net_cfg: NetworkConfig, in_channels: int, n_classes: int) -> UNet3D:
     """The U-Net described by a config's ``network`` section."""
-    return UNet3D(in_channels, n_classes, depth=net_cfg["depth"], base_channels=net_cfg["base_channels"],
-                  activation=net_cfg["activation"], norm=net_cfg["norm"], dropout=net_cfg["dropout"])
+    return UNet3D(in_channels, n_classes, depth=net_cfg.depth, base_channels=net_cfg.base_channels,
+                  activation=net_cfg.activation, norm=net_cfg.norm, dropout=net_cfg.dropout)
 
 
 def select_device(name: str | None = None) -> torch.device:

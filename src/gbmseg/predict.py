@@ -41,7 +41,7 @@ def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = Non
         mask, transform = mask_for_record(rec, image, name)
     elif not (to_array(mask) > 0).any():
         raise GbmsegError(f"{name}: the given global mask is empty")
-    if frame_of(model.info["config"]["preprocessing"]) == "template" and transform is None:
+    if frame_of(model.config.preprocessing) == "template" and transform is None:
         transform = transform_from_params(image, rec.get("params") or {})
     return segment(model, image, mask, transform, name)
 

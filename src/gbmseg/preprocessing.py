@@ -32,14 +32,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .config import channels_for_mode
+from .config import Config, PreprocessingConfig, canonical_hash, channels_for_mode
 from .dataset import Dataset
 from .errors import GbmsegError
 from .io import atomic_path, read_image, read_json, same_geometry, to_array, write_json
@@ -128,32 +127,32 @@ def resample(image: sitk.Image, grid: sitk.Image, nearest: bool, default: float 
     return to_array(res)
 
 
-def normalize(arr: np.ndarray, modality: str, prep: dict) -> np.ndarray:
+def normalize(arr: np.ndarray, modality: str, prep: PreprocessingConfig) -> np.ndarray:
     """CT: HU window to [0, 1]. Other modalities: percentile scaling to [0, 1]."""
     arr = arr.astype(np.float32)
     if modality == "CT":
-        lo, hi = prep["ct_window"]
+        lo, hi = prep.ct_window
     else:
-        lo, hi = np.percentile(arr, prep["mr_percentiles"])
+        lo, hi = np.percentile(arr, prep.mr_percentiles)
         hi = max(hi, lo + 1e-6)
     return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
 
 
-def frame_of(prep: dict) -> str:
-    """``preprocessing.frame`` (``"scan"`` when absent), checked."""
-    frame = prep.get("frame", "scan")
+def frame_of(prep: PreprocessingConfig) -> str:
+    """``preprocessing.frame``, checked."""
+    frame = prep.frame
     if frame not in FRAMES:
         raise GbmsegError(f"preprocessing.frame '{frame}': choose 'scan' or 'template'")
     return frame
 
 
-def preprocess_image(image: sitk.Image, mask: sitk.Image, prep: dict, modality: str,
+def preprocess_image(image: sitk.Image, mask: sitk.Image, prep: PreprocessingConfig, modality: str,
                      label: sitk.Image | None = None, name: str = "image",
                      transform: sitk.Transform | None = None) -> dict:
     """Put one case onto its model grid.
 
     ``transform`` (template -> scan points, from mask method ``register``) is needed when
-    ``prep["frame"]`` is ``"template"`` and ignored otherwise.
+    ``prep.frame`` is ``"template"`` and ignored otherwise.
 
     Returns ``{"image": (1, Z, Y, X) float32, "mask": uint8, "label": uint8 or None, "grid": record}``.
     """
@@ -166,7 +165,7 @@ def preprocess_image(image: sitk.Image, mask: sitk.Image, prep: dict, modality: 
             raise GbmsegError(f"{name}: preprocessing.frame 'template' needs the scan's registration to the "
                               "template (mask method 'register')")
         axes = standard_axes(transform, mask_center(mask, name))
-    grid = model_grid(mask_center(mask, name, axes), prep["spacing"], prep["size"], axes)
+    grid = model_grid(mask_center(mask, name, axes), prep.spacing, prep.size, axes)
     outside = CT_OUTSIDE if modality == "CT" else float(np.min(to_array(image)))
     img = normalize(resample(image, grid, nearest=False, default=outside), modality, prep)
     out = {"image": img[None], "mask": (resample(mask, grid, nearest=True) > 0).astype(np.uint8),
@@ -211,16 +210,10 @@ def stack_inputs(case: dict, mode: str) -> np.ndarray:
 
 
 # -- dataset cache ----------------------------------------------------------------------------
-def cache_key(prep: dict, mask_record: dict) -> str:
+def cache_key(prep: PreprocessingConfig, mask_record: dict) -> str:
     """What made a cache: sha256 (12 hex digits) of the canonical JSON of the preprocessing
     settings and the mask record (method, parameters, modality, a mask model's hash)."""
-    text = json.dumps({"preprocessing": prep, "masks": mask_record}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def cache_dir(dataset: Dataset, config: dict) -> Path:
-    """The cache folder for ``config`` and the dataset's current masks."""
-    return dataset.cache_dir(config["name"], cache_key(config["preprocessing"], dataset.read_mask_record()))
+    return canonical_hash({"preprocessing": dataclasses.asdict(prep), "masks": mask_record})[:12]
 
 
 def _one_case(args: tuple) -> str:
@@ -240,7 +233,7 @@ def _one_case(args: tuple) -> str:
     data = preprocess_image(image, mask, prep, modality, label=label, name=str(mask_path), transform=transform)
     if not data["label"].any():
         raise GbmsegError(f"{label_path}: no labelled voxel inside the model-grid crop "
-                          f"(crop {prep['size']} at {prep['spacing']} mm around the global mask)")
+                          f"(crop {prep.size} at {prep.spacing} mm around the global mask)")
     with atomic_path(out_dir / f"{case}.npz") as tmp:
         np.savez_compressed(tmp, image=data["image"].astype(np.float16), mask=data["mask"], label=data["label"])
     write_json({"case": case, "grid": data["grid"], "image": str(image_path),
@@ -248,20 +241,20 @@ def _one_case(args: tuple) -> str:
     return case
 
 
-def preprocess_dataset(dataset: Dataset, config: dict, workers: int = 1, progress: bool = True,
+def preprocess_dataset(dataset: Dataset, config: Config, workers: int = 1, progress: bool = True,
                        validate: bool = True) -> Path:
     """Preprocess every case of ``dataset`` into the cache; cases already cached with the same plan are skipped.
 
     Needs global masks (``gbmseg masks``). Returns the cache folder.
     """
     mask_record = dataset.read_mask_record()
-    prep = config["preprocessing"]
+    prep = config.preprocessing
     if frame_of(prep) == "template" and mask_record["method"] != "register":
         raise GbmsegError(f"{dataset.mask_record_path}: preprocessing.frame 'template' needs masks made "
                           f"with --method register (these are '{mask_record['method']}')")
     key = cache_key(prep, mask_record)
-    out_dir = dataset.cache_dir(config["name"], key)
-    plan = {"preset": config["name"], "key": key, "preprocessing": prep, "masks": mask_record,
+    out_dir = dataset.cache_dir(config.name, key)
+    plan = {"preset": config.name, "key": key, "preprocessing": dataclasses.asdict(prep), "masks": mask_record,
             "modality": dataset.modality, "labels": dataset.labels, "dataset": str(dataset.root),
             "channels": dataset.channels}
     plan_path = out_dir / "plan.json"
@@ -280,7 +273,7 @@ def preprocess_dataset(dataset: Dataset, config: dict, workers: int = 1, progres
     write_json(plan, plan_path)
     jobs = [(c, dataset.image_path(c), dataset.mask_path(c), dataset.label_path(c), dataset.transform_path(c),
              prep, dataset.modality, out_dir) for c in todo]
-    parallel_map(_one_case, jobs, workers, desc=f"preprocess ({config['name']})", progress=progress)
+    parallel_map(_one_case, jobs, workers, desc=f"preprocess ({config.name})", progress=progress)
     return out_dir
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from .config import MODES, load_config
+from .config import MODES, Config, load_config
 from .dataset import Dataset, split_cases
 from .errors import GbmsegError
 from .evaluation import evaluate_folder, evaluate_masks
@@ -87,7 +87,7 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
     capped = sorted({min(n, len(pool)) for n in requested if n >= 1})
     sweep = {"dataset": str(dataset.root.resolve()), "work": str(dataset.work.resolve()), "name": dataset.name,
              "labels": dataset.labels, "modality": dataset.modality, "modes": modes, "sizes": capped,
-             "requested_sizes": requested, "seeds": seeds, "preset": preset, "config": config,
+             "requested_sizes": requested, "seeds": seeds, "preset": preset, "config": config.to_dict(),
              "split": split, "masks": dataset.read_mask_record(),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = out / "sweep.json"
@@ -98,14 +98,14 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
             raise GbmsegError(f"{path}: a different sweep already lives here; choose another output folder")
         sweep["created"] = old["created"]
     write_json(sweep, path)
-    key = cache_key(config["preprocessing"], sweep["masks"])
+    key = cache_key(config.preprocessing, sweep["masks"])
     for seed in seeds:
         for n in capped:
             for mode in modes:
                 jid = job_id(mode, n, seed)
                 job = {"id": jid, "mode": mode, "n_train": n, "seed": seed,
                        "train": training_subset(pool, n, seed), "val": split["val"], "test": split["test"],
-                       "dataset": sweep["dataset"], "work": sweep["work"], "config": config,
+                       "dataset": sweep["dataset"], "work": sweep["work"], "config": sweep["config"],
                        "masks": sweep["masks"], "cache_key": key}
                 write_json(job, out / "runs" / jid / "job.json")
     return out
@@ -126,14 +126,14 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
         return read_json(done)
     job = read_json(job_dir / "job.json")
     ds = Dataset(job["dataset"], work=job["work"])
-    config = job["config"]
+    config = Config.from_dict(job["config"], source=str(job_dir / "job.json"), record=True)
     masks = ds.read_mask_record()
     if "masks" in job and masks != job["masks"]:
         raise GbmsegError(f"{ds.mask_record_path}: the global masks changed since {job_dir / 'job.json'} was "
                           f"planned (now '{masks['method']}', planned '{job['masks']['method']}'); plan a new sweep")
     start = time.time()
     cache = preprocess_dataset(ds, config, progress=progress)  # its own cache: a no-op when already made
-    if "cache_key" in job and cache.name != f"{config['name']}_{job['cache_key']}":
+    if "cache_key" in job and cache.name != f"{config.name}_{job['cache_key']}":
         raise GbmsegError(f"{cache}: is not the cache {job_dir / 'job.json'} was planned with "
                           f"(key {job['cache_key']})")
     result = train(cache, job["mode"], job["train"], job["val"], config, job_dir / "train",
@@ -163,7 +163,8 @@ def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1
     sweep_dir = Path(sweep_dir)
     sweep = read_json(sweep_dir / "sweep.json")
     ds = Dataset(sweep["dataset"], work=sweep["work"])
-    preprocess_dataset(ds, sweep["config"], workers=workers, progress=progress)
+    config = Config.from_dict(sweep["config"], source=str(sweep_dir / "sweep.json"), record=True)
+    preprocess_dataset(ds, config, workers=workers, progress=progress)
     quality = sweep_dir / "mask_quality.csv"
     if not quality.exists():  # how good the global masks are (Dice against the union of the labels)
         evaluate_masks(ds.mask_dir, ds.label_path(ds.cases[0]).parent, out_csv=quality)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .config import load_config
+from .config import Config, load_config
 
 
 def toy_case(seed: int, size: int = 40, spacing: float = 4.0, direction=None) -> tuple[sitk.Image, sitk.Image]:
@@ -57,12 +57,13 @@ def write_toy_dataset(root: Path, n: int = 6, seed: int = 0, size: int = 40) -> 
     return root
 
 
-def tiny_config(**training) -> dict:
+def tiny_config(**training) -> Config:
     """The fast preset shrunk to seconds: 4 mm, 32^3, a 3-level U-Net with 8 base channels, ReLU."""
     cfg = load_config("fast", ["preprocessing.spacing=[4,4,4]", "preprocessing.size=[32,32,32]",
                                "network.depth=3", "network.base_channels=8", "network.activation=relu",
                                "network.dropout=0.0", "training.lr=0.003", "training.val_interval=10",
                                "training.max_iterations=30", "training.patience=100"])
-    cfg["name"] = "tiny"
-    cfg["training"].update(training)
+    cfg.name = "tiny"
+    for key, value in training.items():
+        cfg.set_value(f"training.{key}={json.dumps(value)}")
     return cfg

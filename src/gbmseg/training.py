@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import platform
@@ -31,7 +32,7 @@ from monai.metrics import compute_dice
 from tqdm import tqdm
 
 from . import __version__
-from .config import channels_for_mode
+from .config import RETIRED, Config, channels_for_mode
 from .errors import GbmsegError
 from .io import atomic_path, read_json, write_text
 from .network import build_network, select_device
@@ -66,7 +67,7 @@ class Trainer:
     """Holds the model, data and state of one run; :meth:`fit` runs it to the end."""
 
     def __init__(self, cache: Path, mode: str, train_cases: list[str], val_cases: list[str],
-                 config: dict, out_dir: Path, seed: int = 0, device: str | None = None,
+                 config: Config, out_dir: Path, seed: int = 0, device: str | None = None,
                  progress: bool = True):
         if not train_cases:
             raise GbmsegError("no training cases given")
@@ -76,30 +77,30 @@ class Trainer:
         if overlap:
             raise GbmsegError(f"cases in both training and validation: {', '.join(sorted(overlap))}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
-        self.cfg, self.tcfg, self.seed, self.progress = config, config["training"], seed, progress
+        self.cfg, self.tcfg, self.seed, self.progress = config, config.training, seed, progress
         self.plan = load_plan(self.cache)
-        if self.plan["preprocessing"] != config["preprocessing"]:
+        if self.plan["preprocessing"] != dataclasses.asdict(config.preprocessing):
             raise GbmsegError(f"{self.cache / 'plan.json'}: this cache was made with other preprocessing settings "
                               "than the run's config; preprocess with this config first")
         self.n_classes = len(self.plan["labels"]) + 1
         self.device = select_device(device)
-        self.amp = bool(self.tcfg.get("amp", True)) and self.device.type == "cuda"
+        self.amp = bool(self.tcfg.amp) and self.device.type == "cuda"
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = _logger(self.out / "train.log")
         seed_everything(seed)
         self.train_data = [self._load(c) for c in train_cases]
         self.val_data = [self._load(c) for c in val_cases]
-        self.net = build_network(config["network"], len(channels_for_mode(mode)), self.n_classes).to(self.device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg["lr"])
+        self.net = build_network(config.network, len(channels_for_mode(mode)), self.n_classes).to(self.device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.loss_fn = make_loss(self.tcfg["loss"])
+        self.loss_fn = make_loss(self.tcfg.loss)
         self.gen = torch.Generator().manual_seed(seed)
         self.state = {"iteration": 0, "best_dice": -1.0, "best_iteration": 0, "bad_evals": 0, "elapsed": 0.0}
         self.resolved = {"gbmseg_version": __version__, "mode": mode, "seed": seed,
                          "train_cases": list(train_cases), "val_cases": list(val_cases),
                          "labels": self.plan["labels"], "modality": self.plan["modality"],
                          "masks": self.plan["masks"], "channels": list(channels_for_mode(mode)),
-                         "config": config, "device": str(self.device), "amp": self.amp,
+                         "config": config.to_dict(), "device": str(self.device), "amp": self.amp,
                          "torch": torch.__version__, "python": platform.python_version(),
                          "host": platform.node(), "cache": str(self.cache)}
 
@@ -150,8 +151,8 @@ class Trainer:
         write_text(json.dumps(self.resolved, indent=2), self.out / "config.json")
         resumed = self._resume()
         t = self.tcfg
-        max_it, interval, patience = int(t["max_iterations"]), int(t["val_interval"]), int(t["patience"])
-        budget = t.get("max_time_s") or float("inf")
+        max_it, interval, patience = int(t.max_iterations), int(t.val_interval), int(t.patience)
+        budget = t.max_time_s or float("inf")
         self.log.info("%s run: mode=%s train=%d val=%d device=%s seed=%d", "resumed" if resumed else "new",
                       self.mode, len(self.train_data), len(self.val_data), self.device, self.seed)
         self.net.train()
@@ -211,14 +212,14 @@ class Trainer:
         return None
 
 
-def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], config: dict,
+def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], config: Config,
           out_dir: Path, seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
     """Train (or resume, or skip if finished) one run; returns the content of ``result.json``."""
     out = Path(out_dir)
     if (out / "config.json").exists():
         old = read_json(out / "config.json")
         new = {"mode": mode, "seed": seed, "train_cases": list(train_cases), "val_cases": list(val_cases),
-               "config": _without_budget(config)}
+               "config": _without_budget(config.to_dict())}
         if any((_without_budget(old[k]) if k == "config" else old.get(k)) != v for k, v in new.items()):
             raise GbmsegError(f"{out}: holds a run with another mode, seed, cases or config; "
                               "choose another output folder")
@@ -231,7 +232,7 @@ def _without_budget(config: dict) -> dict:
     """A config minus what may change when a run is continued (budget, patience, description)."""
     cfg = {k: v for k, v in config.items() if k != "description"}
     cfg["training"] = {k: v for k, v in config.get("training", {}).items()
-                       if k not in ("max_iterations", "max_time_s", "patience")}
+                       if k not in ("max_iterations", "max_time_s", "patience", *RETIRED["training"])}
     return cfg
 
 
