@@ -11,6 +11,7 @@ from gbmseg.errors import GbmsegError
 from gbmseg.io import read_image
 from gbmseg.global_masks import make_dataset_masks, make_mask
 from gbmseg.morphology import otsu_threshold
+from gbmseg.training import train
 from gbmseg.preprocessing import (load_case, load_plan, mask_center, preprocess_dataset, preprocess_image,
                                   to_original_geometry)
 
@@ -139,3 +140,14 @@ def test_preprocess_dataset_caches_and_skips(toy_dataset, tmp_path):
     stamp = (cache / "toy_000.npz").stat().st_mtime_ns
     preprocess_dataset(ds, tiny_config(), progress=False)
     assert (cache / "toy_000.npz").stat().st_mtime_ns == stamp  # cached, not redone
+    # other settings or other masks: another cache folder; a trainer given a cache made otherwise refuses
+    other = preprocess_dataset(ds, tiny_config(), progress=False)
+    assert other == cache and cache.name.startswith("tiny_")
+    cfg = tiny_config()
+    cfg.set_value("preprocessing.size=[24,24,24]")
+    with pytest.raises(GbmsegError, match="other preprocessing settings") as err:
+        train(cache, "image", ds.cases[:2], ds.cases[2:3], cfg, tmp_path / "run", progress=False)
+    assert "\n" not in str(err.value)
+    assert preprocess_dataset(ds, cfg, progress=False) != cache
+    make_dataset_masks(ds, "otsu", progress=False)
+    assert preprocess_dataset(ds, tiny_config(), progress=False) != cache

@@ -32,11 +32,6 @@ STATUSES = ["ok", "empty_pred", "empty_ref", "both_empty"]
 NAN = float("nan")
 
 
-def _clean_labels(labels: dict) -> dict[str, int]:
-    """Structure name -> value, background dropped (see :func:`gbmseg.dataset.parse_labels`)."""
-    return parse_labels(labels, "labels", require=False)
-
-
 def _check_geometry(pred: sitk.Image, ref: sitk.Image, name: str) -> None:
     diff = same_geometry(pred, ref)
     if diff is not None:
@@ -110,7 +105,7 @@ def evaluate_case(pred: sitk.Image, ref: sitk.Image, labels: dict[str, int], cas
         >>> rows[0]["dice"], rows[0]["hd95_mm"], rows[0]["status"]                     # doctest: +SKIP
         (0.93, 1.5, 'ok')
     """
-    labels = _clean_labels(labels)
+    labels = parse_labels(labels, "labels", require=False)
     who = f"case {case}" if case else "case"
     _check_geometry(pred, ref, f"{who} prediction")
     allowed = set(labels.values())
@@ -141,7 +136,7 @@ def _find_labels(ref_dir: Path, cases: list[str], file_ending: str) -> dict[str,
             labels = meta["labels"]
         except (KeyError, TypeError) as exc:
             raise GbmsegError(f"{ds}: cannot read a 'labels' map ({exc})") from None
-        return _clean_labels(labels)
+        return parse_labels(labels, "labels", require=False)
     values: set[int] = set()
     for case in cases:
         path = ref_dir / f"{case}{file_ending}"
@@ -173,7 +168,10 @@ def evaluate_folder(pred_dir: PathLike, ref_dir: PathLike, labels: dict[str, int
     for case in cases:
         if not (pred_dir / f"{case}{file_ending}").exists():
             raise GbmsegError(f"{pred_dir / (case + file_ending)}: prediction missing for reference case {case}")
-    labels = _clean_labels(labels) if labels is not None else _find_labels(ref_dir, cases, file_ending)
+    if labels is not None:
+        labels = parse_labels(labels, "labels", require=False)
+    else:
+        labels = _find_labels(ref_dir, cases, file_ending)
     allowed = set(labels.values())
     rows: list[dict] = []
     for case in tqdm(cases, desc="evaluate", unit="case"):
