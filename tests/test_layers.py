@@ -13,9 +13,9 @@ import gbmseg
 
 LAYERS = [
     ["__init__", "errors"],
-    ["io", "parallel"],
+    ["io", "parallel", "crop_plan", "stopping"],   # crop_plan, stopping: pure numbers
     ["config", "phantoms"],
-    ["dataset", "network", "testing"],   # dataset: owns every path of a work folder; the U-Net; toy data
+    ["dataset", "network", "testing", "runtime", "augment", "patches"],   # dataset: owns every path of a work folder; the U-Net; toy data
     ["morphology", "evaluation"],        # image-only mask methods; metrics
     ["registration"],                    # register to a template (mask method 'register', standard frame)
     ["preprocessing"],                   # model grid, cache (is given masks and transforms)

@@ -59,6 +59,7 @@ def cmd_preprocess(args) -> None:
     cfg = load_config(args.preset, args.set)
     out = preprocess_dataset(ds, cfg, workers=args.workers)
     print(f"preprocessed {len(ds.cases)} cases into {out}")
+    _warn_coverage(out)
 
 
 def cmd_train(args) -> None:
@@ -80,10 +81,18 @@ def cmd_train(args) -> None:
         train_cases = [c for c in ds.cases if c not in val_cases]
     ds.check_cases(train_cases, "training case")
     ds.check_cases(val_cases, "validation case")
-    cache = preprocess_dataset(ds, cfg, workers=args.workers)
+    cache = preprocess_dataset(ds, cfg, workers=args.workers, plan_cases=train_cases + val_cases)
+    _warn_coverage(cache, train_cases + val_cases)
     result = train(cache, args.mode, train_cases, val_cases, cfg, args.output, seed=args.seed, device=args.device)
     print(json.dumps(result, indent=2))
     print(f"model written to {args.output}")
+
+
+def _warn_coverage(cache, cases=None) -> None:
+    from .preprocessing import coverage_summary
+
+    for line in coverage_summary(cache, cases):
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def cmd_predict(args) -> None:
@@ -163,9 +172,11 @@ def cmd_report(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
+    from .demo import dice_table, run_demo
 
-    print(f"report: {run_demo(args.output, device=args.device)}")
+    report = run_demo(args.output, device=args.device)
+    print(dice_table(Path(args.output) / "sweep"))
+    print(f"report: {report}")
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -194,8 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_masks)
 
-    s = dataset_cmd("mask-model", "Train a whole-organ mask model on the union of the labels")
-    s.add_argument("action", choices=["train"])
+    mask_model = sub.add_parser("mask-model", help="Whole-organ mask models: gbmseg mask-model train DATASET -o RUN")
+    mm_sub = mask_model.add_subparsers(dest="action", required=True)
+    s = mm_sub.add_parser("train", help="Train a whole-organ mask model on the union of the labels",
+                          description="Train a whole-organ mask model on the union of the labels")
+    s.add_argument("dataset", help="dataset folder (nnU-Net v2 raw layout or MSD dataset.json)")
+    s.add_argument("--work", help="folder for masks and cache (default: the dataset folder)")
+    s.add_argument("--workers", type=int, default=1, help="parallel processes over cases")
     config_args(s)
     s.set_defaults(preset="coarse")
     s.add_argument("--train", help="comma-separated training cases (default: all but the last)")

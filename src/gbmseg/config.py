@@ -37,6 +37,9 @@ class PreprocessingConfig:
     ct_window: list[float]
     mr_percentiles: list[float]
     frame: str = "scan"
+    crop: str = "mask_center"             # or "planned": placed and sized from the training labels (crop_plan)
+    margin_mm: float = 10.0               # planned crop: added around the training structures
+    max_size: list[int] | None = None     # planned crop: largest grid (voxels); larger is cut to this
 
 
 @dataclass
@@ -58,6 +61,10 @@ class TrainingConfig:
     max_time_s: float | None = None
     amp: bool = True
     augment: bool = False
+    schedule: str = "constant"            # or "poly": lr * (1 - it / max_iterations) ** 0.9
+    warmup: int = 0                       # iterations of linear warm-up
+    min_iterations: int = 0               # no early stop before this
+    dice_floor: float = 0.05              # patience counts once validation Dice has passed this
 
 
 SECTIONS = {"preprocessing": PreprocessingConfig, "network": NetworkConfig, "training": TrainingConfig}

@@ -14,7 +14,7 @@ from .dataset import Dataset
 from .global_masks import make_dataset_masks
 from .phantoms import write_phantom_dataset
 from .report import make_report
-from .sweep import plan_sweep, run_sweep
+from .sweep import collect_metrics, plan_sweep, run_sweep
 
 N_CASES = 12
 SIZES = [1, 4]
@@ -33,3 +33,14 @@ def run_demo(out_dir: str | Path = "gbmseg_demo", device: str | None = None, pro
                            overrides=overrides, val=ds.cases[-4:-3], test=ds.cases[-3:])
     run_sweep(sweep_dir, device=device, progress=progress)
     return make_report(sweep_dir)
+
+
+def dice_table(sweep_dir: str | Path) -> str:
+    """Mean test Dice (over test cases, structures and seeds) per mode and training-set size, as text."""
+    df = collect_metrics(sweep_dir)
+    if df.empty:
+        return "no finished runs"
+    table = df.pivot_table(index="n_train", columns="mode", values="dice", aggfunc="mean")
+    table = table[[m for m in ("image", "mask", "image+mask") if m in table.columns]]
+    table.index.name = "N"
+    return "mean test Dice\n" + table.to_string(float_format=lambda v: f"{v:.2f}")

@@ -25,13 +25,36 @@ NORMS = {"batch": nn.BatchNorm3d, "instance": lambda c: nn.InstanceNorm3d(c, aff
          "none": lambda c: nn.Identity()}
 
 
+ONEDNN_MIN = 20480  # PyTorch takes oneDNN for a batch of one only when N*C*D*H exceeds this
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs a CPU batch of one as two overlapping depth halves: a batch of two.
+
+    For a batch of one, PyTorch's CPU convolution takes oneDNN only when ``N*C*D*H > 20480`` and
+    otherwise falls back to a slow reference kernel, which is what the deeper (small-spatial,
+    many-channel) layers of a 3D U-Net get. Two halves of depth ``D/2 + 1`` (one voxel of overlap,
+    whose outputs are dropped) make a batch of two, which oneDNN takes; the result is the same
+    convolution, exactly (same weights, same sums; tested). Only for 3x3x3, stride 1, padding 1.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, d, h, _ = x.shape
+        if (n != 1 or x.device.type != "cpu" or d < 4 or d % 2 or n * c * d * h > ONEDNN_MIN
+                or self.kernel_size != (3, 3, 3) or self.stride != (1, 1, 1) or self.padding != (1, 1, 1)):
+            return super().forward(x)
+        k = d // 2
+        y = super().forward(torch.cat([x[:, :, : k + 1], x[:, :, k - 1:]], 0))
+        return torch.cat([y[:1, :, :k], y[1:, :, 1:]], 2)
+
+
 class ConvBlock(nn.Sequential):
     """(conv 3x3x3 -> norm -> activation) x 2 -> spatial dropout."""
 
     def __init__(self, cin: int, cout: int, activation: str, norm: str, dropout: float):
         layers: list[nn.Module] = []
         for c in (cin, cout):
-            layers += [nn.Conv3d(c, cout, 3, padding=1, bias=norm == "none"), NORMS[norm](cout),
+            layers += [Conv3d(c, cout, 3, padding=1, bias=norm == "none"), NORMS[norm](cout),
                        ACTIVATIONS[activation]()]
         if dropout > 0:
             layers.append(nn.Dropout3d(dropout))

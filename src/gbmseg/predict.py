@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .errors import GbmsegError
 from .global_masks import mask_for_record
-from .inference import Model, load_model, segment
+from .inference import Model, Stopwatch, load_model, segment
 from .io import read_image, to_array, write_image
 from .preprocessing import frame_of
 from .registration import transform_from_params
@@ -33,8 +33,11 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
 def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = None,
-                  name: str = "image") -> sitk.Image:
-    """Label map (uint8) for ``image`` with exactly its size, spacing, origin and direction."""
+                  name: str = "image", timings: dict | None = None) -> sitk.Image:
+    """Label map (uint8) for ``image`` with exactly its size, spacing, origin and direction.
+
+    ``timings``, if given, receives seconds per stage: ``mask``, ``resample``, ``network``, ``resample_back``."""
+    clock = Stopwatch(timings)
     rec = model.info["masks"]
     transform = None
     if mask is None:
@@ -43,16 +46,24 @@ def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = Non
         raise GbmsegError(f"{name}: the given global mask is empty")
     if frame_of(model.config.preprocessing) == "template" and transform is None:
         transform = transform_from_params(image, rec.get("params") or {})
-    return segment(model, image, mask, transform, name)
+    clock.lap("mask")
+    return segment(model, image, mask, transform, name, timings)
 
 
 def predict_file(model: Model, image_path: str | Path, out_path: str | Path,
-                 mask_path: str | Path | None = None) -> Path:
-    """Predict one file (or DICOM folder) and write the label map atomically."""
+                 mask_path: str | Path | None = None, timings: dict | None = None) -> Path:
+    """Predict one file (or DICOM folder) and write the label map atomically.
+
+    ``timings``, if given, receives seconds per stage: ``read``, those of :func:`predict_image`, ``write``."""
+    clock = Stopwatch(timings)
     image = read_image(image_path)
     mask = read_image(mask_path) if mask_path else None
-    seg = predict_image(model, image, mask, name=str(image_path))
-    return write_image(seg, out_path)
+    clock.lap("read")
+    seg = predict_image(model, image, mask, name=str(image_path), timings=timings)
+    clock = Stopwatch(timings)
+    out = write_image(seg, out_path)
+    clock.lap("write")
+    return out
 
 
 def _split_name(path: Path) -> tuple[str, str | None]:

@@ -1,7 +1,22 @@
 """Preprocessing: resample and crop onto the *model grid*, normalise, cache.
 
-The model grid of a case is a fixed-size, fixed-spacing box centred on the centre of the global
-mask's bounding box. Its axes depend on ``preprocessing.frame``:
+The model grid of a case is a box of ``spacing`` mm voxels placed from the global mask alone.
+``preprocessing.crop`` says how:
+
+- ``"mask_center"`` (the paper's rule): ``size`` voxels centred on the centre of the mask's box;
+- ``"planned"``: placed and sized by a *crop plan* fitted to the labelled training cases
+  (:mod:`gbmseg.crop_plan`): where the structures sit relative to the mask's box, and how large a
+  box holds every training structure with ``margin_mm`` to spare (at least ``size``, at most
+  ``max_size`` voxels). On
+  a head-only scan this is close to the paper's rule; on a head-and-neck scan that shows the body
+  down to the shoulders it follows the head, where the paper's rule would follow the shoulders.
+  A grid larger than ``size`` is trained in patches of ``size`` and predicted with a sliding
+  window (:mod:`gbmseg.patches`).
+
+Preprocessing records, per case and structure, the fraction of the label inside the grid
+(``coverage``): a structure the grid cuts cannot be learned or predicted.
+
+The grid's axes depend on ``preprocessing.frame``:
 
 - ``"scan"`` (default): identity direction, the scanner's LPS axes;
 - ``"template"``: the *standard frame*, the template's axes carried into the scan by the rotation
@@ -20,9 +35,9 @@ scaled so that the given percentiles of the crop map to 0 and 1, then clipped.
 Cache layout (``WORK/gbmseg_preprocessed/<preset>_<key>/``; ``key`` hashes the preprocessing
 settings and the mask record, so other settings or other masks never share a cache)::
 
-    plan.json          cache key, preprocessing settings, mask record, labels, modality
+    plan.json          cache key, preprocessing settings, mask record, crop plan, labels, modality
     <case>.npz         image (1, Z, Y, X) float16, mask (Z, Y, X) uint8, label (Z, Y, X) uint8
-    <case>.json        model-grid origin/spacing/size/direction and source files
+    <case>.json        model-grid origin/spacing/size/direction, label coverage, source files
 
 Example:
     >>> grid = model_grid(center=(0, 0, 0), spacing=(3, 3, 3), size=(64, 64, 64))
@@ -38,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import crop_plan as cp
 from .config import Config, PreprocessingConfig, canonical_hash, channels_for_mode
 from .dataset import Dataset
 from .errors import GbmsegError
@@ -48,6 +64,8 @@ CT_OUTSIDE = -1024.0
 
 
 FRAMES = ("scan", "template")
+CROPS = ("mask_center", "planned")
+LOW_COVERAGE = 0.95  # structures less inside their grid than this are named
 
 
 def model_grid(center, spacing, size, direction=None) -> sitk.Image:
@@ -148,8 +166,10 @@ def frame_of(prep: PreprocessingConfig) -> str:
 
 def preprocess_image(image: sitk.Image, mask: sitk.Image, prep: PreprocessingConfig, modality: str,
                      label: sitk.Image | None = None, name: str = "image",
-                     transform: sitk.Transform | None = None) -> dict:
+                     transform: sitk.Transform | None = None, plan: dict | None = None) -> dict:
     """Put one case onto its model grid.
+
+    ``plan`` is the crop plan (needed when ``prep.crop`` is ``"planned"``).
 
     ``transform`` (template -> scan points, from mask method ``register``) is needed when
     ``prep.frame`` is ``"template"`` and ignored otherwise.
@@ -159,20 +179,111 @@ def preprocess_image(image: sitk.Image, mask: sitk.Image, prep: PreprocessingCon
     problem = same_geometry(image, mask)
     if problem:
         raise GbmsegError(f"{name}: global mask geometry does not match the image: {problem}")
-    axes = None
-    if frame_of(prep) == "template":
-        if transform is None:
-            raise GbmsegError(f"{name}: preprocessing.frame 'template' needs the scan's registration to the "
-                              "template (mask method 'register')")
-        axes = standard_axes(transform, mask_center(mask, name))
-    grid = model_grid(mask_center(mask, name, axes), prep.spacing, prep.size, axes)
+    axes = crop_axes(mask, prep, transform, name)
+    grid = place_grid(mask, prep, plan, axes, name)
     outside = CT_OUTSIDE if modality == "CT" else float(np.min(to_array(image)))
     img = normalize(resample(image, grid, nearest=False, default=outside), modality, prep)
     out = {"image": img[None], "mask": (resample(mask, grid, nearest=True) > 0).astype(np.uint8),
            "label": None, "grid": grid_record(grid)}
     if label is not None:
         out["label"] = resample(label, grid, nearest=True).astype(np.uint8)
+        out["coverage"] = label_coverage(label, grid)
     return out
+
+
+def crop_axes(mask: sitk.Image, prep: PreprocessingConfig, transform: sitk.Transform | None,
+              name: str = "image") -> np.ndarray | None:
+    """The grid's axes: ``None`` (scanner axes) or the template's standard frame in this scan."""
+    if frame_of(prep) != "template":
+        return None
+    if transform is None:
+        raise GbmsegError(f"{name}: preprocessing.frame 'template' needs the scan's registration to the "
+                          "template (mask method 'register')")
+    return standard_axes(transform, mask_center(mask, name))
+
+
+def _world_of(image: sitk.Image, idx_zyx: np.ndarray) -> np.ndarray:
+    direction = np.reshape(image.GetDirection(), (3, 3))
+    return cp.voxel_world(idx_zyx, image.GetOrigin(), image.GetSpacing(), direction)
+
+
+def case_boxes(mask: sitk.Image, label: sitk.Image | None, axes=None, name: str = "image") -> dict:
+    """Boxes (mm along the grid axes) of the mask, of all labels and of each structure (see
+    :func:`gbmseg.crop_plan.case_boxes`)."""
+    try:
+        return cp.case_boxes(to_array(mask), None if label is None else to_array(label), mask.GetOrigin(),
+                             mask.GetSpacing(), np.reshape(mask.GetDirection(), (3, 3)), axes)
+    except ValueError as exc:
+        raise GbmsegError(f"{name}: {exc}") from None
+
+
+def place_grid(mask: sitk.Image, prep: PreprocessingConfig, plan: dict | None, axes=None,
+               name: str = "image") -> sitk.Image:
+    """The model grid of a scan, from its global mask alone (and the crop plan, if planned)."""
+    if prep.crop not in CROPS:
+        raise GbmsegError(f"preprocessing.crop '{prep.crop}': choose {' or '.join(CROPS)}")
+    if prep.crop == "mask_center":
+        return model_grid(mask_center(mask, name, axes), prep.spacing, prep.size, axes)
+    if plan is None:
+        raise GbmsegError(f"{name}: preprocessing.crop 'planned' needs a crop plan (made by preprocessing)")
+    box = case_boxes(mask, None, axes, name)["mask"]
+    rot = np.eye(3) if axes is None else np.asarray(axes, dtype=float).reshape(3, 3)
+    return model_grid(rot @ cp.crop_center(plan, box), prep.spacing, plan["grid_size"], axes)
+
+
+def label_coverage(label: sitk.Image, grid: sitk.Image) -> dict[str, float]:
+    """Per label value (as a string), the fraction of its voxels whose centres fall inside ``grid``."""
+    arr = to_array(label)
+    idx = np.argwhere(arr > 0)
+    if not len(idx):
+        return {}
+    world = _world_of(label, idx)
+    rot = np.reshape(grid.GetDirection(), (3, 3))
+    cont = ((world - np.asarray(grid.GetOrigin())) @ rot) / np.asarray(grid.GetSpacing())
+    inside = np.all((cont >= -0.5) & (cont <= np.asarray(grid.GetSize()) - 0.5), axis=1)
+    values = arr[tuple(idx.T)]
+    return {str(int(v)): round(float(inside[values == v].mean()), 4) for v in np.unique(values)}
+
+
+def fit_plan(dataset: Dataset, prep: PreprocessingConfig, cases: list[str], progress: bool = True,
+             multiple: int = 16) -> dict:
+    """Fit the crop plan to ``cases`` (their masks and labels; transforms in the standard frame).
+
+    The grid is at least the preset's ``size`` (so a mask-based model still sees the whole head, as
+    with the paper's rule) and holds every structure of every one of these cases with ``margin_mm`` to spare, rounded
+    up to a ``multiple`` of voxels (the network's ``2 ** depth``), and at most ``max_size`` voxels per axis (where that cap cuts,
+    the centre is chosen to keep as much of each structure as the training cases allow).
+    """
+    if not cases:
+        raise GbmsegError("no labelled case to fit a crop plan to")
+    boxes = parallel_map(_case_boxes, [(dataset.mask_path(c), dataset.label_path(c), dataset.transform_path(c), prep)
+                                       for c in cases], 1, desc="crop plan", progress=progress)
+    cap = prep.max_size or [4096, 4096, 4096]
+    for b, c in zip(boxes, cases):
+        if b["labels"] is None:
+            raise GbmsegError(f"{dataset.label_path(c)}: no labelled voxel; cannot fit a crop plan")
+    plan = cp.fit_crop_plan([b["mask"] for b in boxes], [b["labels"] for b in boxes], prep.spacing, cap,
+                            margin_mm=prep.margin_mm, structure_boxes=[b["structures"] for b in boxes],
+                            multiple=multiple)
+    plan["grid_size"] = [int(min(max(n, s), m)) for n, s, m in zip(plan["needed_size"], prep.size, cap)]
+    plan["cases"] = list(cases)
+    return plan
+
+
+def _case_boxes(args: tuple) -> dict:
+    mask_path, label_path, tfm_path, prep = args
+    mask = read_image(mask_path)
+    transform = None
+    if frame_of(prep) == "template":
+        transform = _read_transform(tfm_path)
+    return case_boxes(mask, read_image(label_path), crop_axes(mask, prep, transform, str(mask_path)), str(mask_path))
+
+
+def _read_transform(tfm_path: Path) -> sitk.Transform:
+    if not tfm_path.exists():
+        raise GbmsegError(f"{tfm_path}: not found; preprocessing.frame 'template' needs masks made with "
+                          "'gbmseg masks --method register'")
+    return sitk.ReadTransform(str(tfm_path))
 
 
 def to_original_geometry(pred: np.ndarray, grid: dict, reference: sitk.Image) -> sitk.Image:
@@ -210,53 +321,74 @@ def stack_inputs(case: dict, mode: str) -> np.ndarray:
 
 
 # -- dataset cache ----------------------------------------------------------------------------
-def cache_key(prep: PreprocessingConfig, mask_record: dict) -> str:
+def cache_key(prep: PreprocessingConfig, mask_record: dict, crop_plan: dict | None = None) -> str:
     """What made a cache: sha256 (12 hex digits) of the canonical JSON of the preprocessing
-    settings and the mask record (method, parameters, modality, a mask model's hash)."""
-    return canonical_hash({"preprocessing": dataclasses.asdict(prep), "masks": mask_record})[:12]
+    settings, the mask record (method, parameters, modality, a mask model's hash) and the crop plan."""
+    return canonical_hash({"preprocessing": dataclasses.asdict(prep), "masks": mask_record,
+                           **({"crop_plan": crop_plan} if crop_plan is not None else {})})[:12]
+
+
+def dataset_crop_plan(dataset: Dataset, config: Config, cases: list[str] | None = None,
+                      progress: bool = True, validate: bool = True) -> dict | None:
+    """The crop plan of ``cases`` (all cases if ``None``): fitted once, then read from
+    ``WORK/gbmseg_preprocessed/crop_plans/<key>.json``. ``None`` unless ``prep.crop`` is ``"planned"``."""
+    prep = config.preprocessing
+    if prep.crop != "planned":
+        return None
+    cases = sorted(cases if cases is not None else dataset.cases)
+    multiple = 2 ** config.network.depth
+    key = canonical_hash({"preprocessing": dataclasses.asdict(prep), "masks": dataset.read_mask_record(),
+                          "cases": cases, "multiple": multiple})[:12]
+    path = dataset.work / "gbmseg_preprocessed" / "crop_plans" / f"{key}.json"
+    if path.exists():
+        return read_json(path)
+    if validate:
+        dataset.validate(cases, progress=progress)
+    plan = fit_plan(dataset, prep, cases, progress=progress, multiple=multiple)
+    write_json(plan, path)
+    return plan
 
 
 def _one_case(args: tuple) -> str:
-    case, image_path, mask_path, label_path, tfm_path, prep, modality, out_dir = args
+    case, image_path, mask_path, label_path, tfm_path, prep, modality, out_dir, plan = args
     image = read_image(image_path)
     mask = read_image(mask_path)
     label = read_image(label_path)
     problem = same_geometry(image, label)
     if problem:
         raise GbmsegError(f"{label_path}: geometry does not match the image: {problem}")
-    transform = None
-    if frame_of(prep) == "template":
-        if not tfm_path.exists():
-            raise GbmsegError(f"{tfm_path}: not found; preprocessing.frame 'template' needs masks made with "
-                              "'gbmseg masks --method register'")
-        transform = sitk.ReadTransform(str(tfm_path))
-    data = preprocess_image(image, mask, prep, modality, label=label, name=str(mask_path), transform=transform)
+    transform = _read_transform(tfm_path) if frame_of(prep) == "template" else None
+    data = preprocess_image(image, mask, prep, modality, label=label, name=str(mask_path), transform=transform,
+                            plan=plan)
     if not data["label"].any():
         raise GbmsegError(f"{label_path}: no labelled voxel inside the model-grid crop "
                           f"(crop {prep.size} at {prep.spacing} mm around the global mask)")
     with atomic_path(out_dir / f"{case}.npz") as tmp:
         np.savez_compressed(tmp, image=data["image"].astype(np.float16), mask=data["mask"], label=data["label"])
-    write_json({"case": case, "grid": data["grid"], "image": str(image_path),
+    write_json({"case": case, "grid": data["grid"], "coverage": data["coverage"], "image": str(image_path),
                 "mask": str(mask_path), "label": str(label_path)}, out_dir / f"{case}.json")
     return case
 
 
 def preprocess_dataset(dataset: Dataset, config: Config, workers: int = 1, progress: bool = True,
-                       validate: bool = True) -> Path:
+                       validate: bool = True, plan_cases: list[str] | None = None) -> Path:
     """Preprocess every case of ``dataset`` into the cache; cases already cached with the same plan are skipped.
 
-    Needs global masks (``gbmseg masks``). Returns the cache folder.
+    Needs global masks (``gbmseg masks``). A planned crop is fitted to ``plan_cases`` (all cases
+    if ``None``; a sweep passes its training pool and validation cases, never its test cases).
+    Returns the cache folder.
     """
     mask_record = dataset.read_mask_record()
     prep = config.preprocessing
     if frame_of(prep) == "template" and mask_record["method"] != "register":
         raise GbmsegError(f"{dataset.mask_record_path}: preprocessing.frame 'template' needs masks made "
                           f"with --method register (these are '{mask_record['method']}')")
-    key = cache_key(prep, mask_record)
+    crop_plan = dataset_crop_plan(dataset, config, plan_cases, progress=progress, validate=validate)
+    key = cache_key(prep, mask_record, crop_plan)
     out_dir = dataset.cache_dir(config.name, key)
     plan = {"preset": config.name, "key": key, "preprocessing": dataclasses.asdict(prep), "masks": mask_record,
-            "modality": dataset.modality, "labels": dataset.labels, "dataset": str(dataset.root),
-            "channels": dataset.channels}
+            "crop_plan": crop_plan, "modality": dataset.modality, "labels": dataset.labels,
+            "dataset": str(dataset.root), "channels": dataset.channels}
     plan_path = out_dir / "plan.json"
     same_plan = plan_path.exists() and read_json(plan_path) == plan
     todo = [c for c in dataset.cases if not same_plan or not (out_dir / f"{c}.npz").exists()
@@ -272,9 +404,36 @@ def preprocess_dataset(dataset: Dataset, config: Config, workers: int = 1, progr
             old.unlink()
     write_json(plan, plan_path)
     jobs = [(c, dataset.image_path(c), dataset.mask_path(c), dataset.label_path(c), dataset.transform_path(c),
-             prep, dataset.modality, out_dir) for c in todo]
+             prep, dataset.modality, out_dir, crop_plan) for c in todo]
     parallel_map(_one_case, jobs, workers, desc=f"preprocess ({config.name})", progress=progress)
     return out_dir
+
+
+def coverage(cache: Path) -> dict[str, dict[str, float]]:
+    """Per cached case, per structure name: the fraction of the label inside the model grid."""
+    names = {str(v): k for k, v in load_plan(cache)["labels"].items()}
+    out = {}
+    for rec in sorted(Path(cache).glob("*.json")):
+        if rec.name == "plan.json":
+            continue
+        data = read_json(rec)
+        out[data["case"]] = {names.get(v, v): f for v, f in data.get("coverage", {}).items()}
+    return out
+
+
+def coverage_summary(cache: Path, cases: list[str] | None = None, threshold: float = LOW_COVERAGE) -> list[str]:
+    """Lines for the user: per structure the minimum coverage over ``cases`` (all if ``None``), and
+    the cases below ``threshold``. Empty when every structure is at least ``threshold`` inside."""
+    cov = {c: v for c, v in coverage(cache).items() if cases is None or c in cases}
+    structures = sorted({s for v in cov.values() for s in v})
+    lines = []
+    for s in structures:
+        low = sorted((v[s], c) for c, v in cov.items() if s in v and v[s] < threshold)
+        if low:
+            worst = ", ".join(f"{c} {f:.2f}" for f, c in low[:5]) + (" ..." if len(low) > 5 else "")
+            lines.append(f"{s}: only {low[0][0]:.2f} of it inside the model grid in the worst case; "
+                         f"{len(low)} case(s) below {threshold:.2f} ({worst})")
+    return lines
 
 
 def load_plan(cache: Path) -> dict:

@@ -310,6 +310,13 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
     stops = pd.Series([r.result.get("stop_reason") for r in runs]).dropna().value_counts()
     items.append(f"Device: {', '.join(devices) or 'unknown'}; stop reasons: "
                  + (", ".join(f"{k} ×{v}" for k, v in stops.items()) or "unknown"))
+    not_learned = [r.id for r in runs if r.result.get("learned") is False]
+    if not_learned:
+        items.append(f"Runs that did not learn (validation Dice never rose above the floor; their test results are "
+                     f"in the tables as they are): {', '.join(not_learned)}")
+    cov = read_json(sweep_dir / "coverage.json").get("warnings", []) if (sweep_dir / "coverage.json").exists() else []
+    if cov:
+        items.append("Label coverage of the model grid (training pool and validation cases): " + "; ".join(cov))
     items.append(f"Sweep created {sweep.get('created', '?')}; report written "
                  f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")
     return items

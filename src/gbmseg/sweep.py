@@ -39,7 +39,7 @@ from .errors import GbmsegError
 from .evaluation import evaluate_folder, evaluate_masks
 from .io import read_json, write_json, write_text
 from .predict import load_model, predict_file
-from .preprocessing import cache_key, preprocess_dataset
+from .preprocessing import cache_key, coverage, coverage_summary, dataset_crop_plan, preprocess_dataset
 from .training import train
 
 __all__ = ["split_cases", "training_subset", "job_id", "plan_sweep", "jobs", "run_job", "run_sweep",
@@ -98,7 +98,8 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
             raise GbmsegError(f"{path}: a different sweep already lives here; choose another output folder")
         sweep["created"] = old["created"]
     write_json(sweep, path)
-    key = cache_key(config.preprocessing, sweep["masks"])
+    plan_cases = sorted(pool + split["val"])  # a planned crop learns from these, never from the test cases
+    key = cache_key(config.preprocessing, sweep["masks"], dataset_crop_plan(dataset, config, plan_cases))
     for seed in seeds:
         for n in capped:
             for mode in modes:
@@ -106,7 +107,7 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
                 job = {"id": jid, "mode": mode, "n_train": n, "seed": seed,
                        "train": training_subset(pool, n, seed), "val": split["val"], "test": split["test"],
                        "dataset": sweep["dataset"], "work": sweep["work"], "config": sweep["config"],
-                       "masks": sweep["masks"], "cache_key": key}
+                       "masks": sweep["masks"], "cache_key": key, "plan_cases": plan_cases}
                 write_json(job, out / "runs" / jid / "job.json")
     return out
 
@@ -132,7 +133,8 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
         raise GbmsegError(f"{ds.mask_record_path}: the global masks changed since {job_dir / 'job.json'} was "
                           f"planned (now '{masks['method']}', planned '{job['masks']['method']}'); plan a new sweep")
     start = time.time()
-    cache = preprocess_dataset(ds, config, progress=progress)  # its own cache: a no-op when already made
+    cache = preprocess_dataset(ds, config, progress=progress,  # its own cache: a no-op when already made
+                               plan_cases=job.get("plan_cases"))
     if "cache_key" in job and cache.name != f"{config.name}_{job['cache_key']}":
         raise GbmsegError(f"{cache}: is not the cache {job_dir / 'job.json'} was planned with "
                           f"(key {job['cache_key']})")
@@ -164,11 +166,16 @@ def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1
     sweep = read_json(sweep_dir / "sweep.json")
     ds = Dataset(sweep["dataset"], work=sweep["work"])
     config = Config.from_dict(sweep["config"], source=str(sweep_dir / "sweep.json"), record=True)
-    preprocess_dataset(ds, config, workers=workers, progress=progress)
+    todo = jobs(sweep_dir)
+    plan_cases = sorted(sweep["split"]["pool"] + sweep["split"]["val"])
+    cache = preprocess_dataset(ds, config, workers=workers, progress=progress, plan_cases=plan_cases)
+    warnings = coverage_summary(cache, plan_cases)
+    for line in warnings:
+        print(f"warning: {line}")
+    write_json({"warnings": warnings, "per_case": coverage(cache)}, sweep_dir / "coverage.json")
     quality = sweep_dir / "mask_quality.csv"
     if not quality.exists():  # how good the global masks are (Dice against the union of the labels)
         evaluate_masks(ds.mask_dir, ds.label_path(ds.cases[0]).parent, out_csv=quality)
-    todo = jobs(sweep_dir)
     finished = sum((j / "done.json").exists() for j in todo)
     bar = tqdm(total=len(todo), initial=finished, desc="sweep runs", unit="run", disable=not progress)
     for job_dir in todo:
@@ -177,8 +184,10 @@ def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1
         bar.set_postfix_str(job_dir.name)
         summary = run_job(job_dir, device=device, progress=progress)
         bar.update(1)
+        learned = summary["train"].get("learned", True)
         bar.write(f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
-                  f"({summary['train']['train_time_s']:.0f} s training)")
+                  f"({summary['train']['iterations']} iterations, {summary['train']['train_time_s']:.0f} s training)"
+                  + ("" if learned else "  DID NOT LEARN (validation Dice never rose)"))
     bar.close()
     return collect_metrics(sweep_dir)
 

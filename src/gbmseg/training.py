@@ -1,5 +1,14 @@
 """Training: one U-Net on cached cases, Dice loss, Adam, best checkpoint on validation Dice.
 
+Each iteration takes one random training case, a patch of it when its grid is larger than the
+network's input (:mod:`gbmseg.patches`), and, with ``training.augment``, a random spatial and
+intensity augmentation (:mod:`gbmseg.augment`). The learning rate follows ``training.schedule``
+(``constant`` or ``poly``, after ``warmup`` iterations of linear warm-up). Every ``val_interval``
+iterations all validation cases are predicted whole; the best mean Dice is kept. Early stopping
+(:mod:`gbmseg.stopping`) cannot end a run before ``min_iterations`` or before its validation Dice
+has passed ``dice_floor``; a run that never passes it is reported as not learned. Budgets are
+iterations; ``max_time_s`` is an optional wall-time cap.
+
 A run directory holds everything about one training run::
 
     config.json        resolved config, mode, labels, mask record, cases, seed, versions, device
@@ -32,11 +41,15 @@ from monai.metrics import compute_dice
 from tqdm import tqdm
 
 from . import __version__
-from .config import RETIRED, Config, channels_for_mode
+from . import runtime
+from .augment import Augmenter
+from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError
 from .io import atomic_path, read_json, write_text
 from .network import build_network, select_device
-from .preprocessing import load_case, load_plan, stack_inputs
+from .patches import predict_logits, random_patch
+from .preprocessing import load_case, load_plan
+from .stopping import StoppingRule
 
 HISTORY_FIELDS = ["iteration", "train_loss", "val_loss", "val_dice", "wall_s"]
 
@@ -54,6 +67,34 @@ def make_loss(name: str):
     if name == "dicece":
         return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
     raise GbmsegError(f"unknown loss '{name}' (choose dice or dicece)")
+
+
+SCHEDULES = ("constant", "poly")
+
+
+def learning_rate(t: TrainingConfig, iteration: int) -> float:
+    """Learning rate for (0-based) ``iteration``: linear warm-up, then constant or polynomial decay
+    ``lr * (1 - it / max_iterations) ** 0.9`` (nnU-Net's schedule)."""
+    if t.schedule not in SCHEDULES:
+        raise GbmsegError(f"training.schedule '{t.schedule}': choose {' or '.join(SCHEDULES)}")
+    if iteration < t.warmup:
+        return t.lr * (iteration + 1) / t.warmup
+    if t.schedule == "poly":
+        return t.lr * max(0.0, 1.0 - iteration / max(1, t.max_iterations)) ** 0.9
+    return t.lr
+
+
+def case_tensors(cache: Path, case: str) -> dict[str, torch.Tensor]:
+    """A cached case as float tensors ``image`` (1, Z, Y, X), ``mask`` and ``label`` (1, Z, Y, X)."""
+    data = load_case(cache, case)
+    return {"image": torch.from_numpy(data["image"]),
+            "mask": torch.from_numpy(data["mask"][None].astype(np.float32)),
+            "label": torch.from_numpy(data["label"][None].astype(np.float32))}
+
+
+def network_input(case: dict[str, torch.Tensor], mode: str) -> torch.Tensor:
+    """``(1, C, Z, Y, X)``: the channels of ``mode`` (image, mask or both)."""
+    return torch.cat([case[c] for c in channels_for_mode(mode)], 0)[None]
 
 
 def mean_dice(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> float:
@@ -84,31 +125,32 @@ class Trainer:
                               "than the run's config; preprocess with this config first")
         self.n_classes = len(self.plan["labels"]) + 1
         self.device = select_device(device)
-        self.amp = bool(self.tcfg.amp) and self.device.type == "cuda"
+        self.runtime = runtime.configure(self.device)
+        self.amp_dtype = runtime.amp_dtype(self.device) if self.tcfg.amp else None
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = _logger(self.out / "train.log")
         seed_everything(seed)
-        self.train_data = [self._load(c) for c in train_cases]
-        self.val_data = [self._load(c) for c in val_cases]
+        self.train_data = [case_tensors(self.cache, c) for c in train_cases]
+        self.val_data = [case_tensors(self.cache, c) for c in val_cases]
+        self.patch = [int(s) for s in config.preprocessing.size[::-1]]  # (Z, Y, X), the network's largest input
         self.net = build_network(config.network, len(channels_for_mode(mode)), self.n_classes).to(self.device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg.lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = make_loss(self.tcfg.loss)
+        self.augment = Augmenter(seed) if self.tcfg.augment else None
+        self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
+        learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
         self.gen = torch.Generator().manual_seed(seed)
-        self.state = {"iteration": 0, "best_dice": -1.0, "best_iteration": 0, "bad_evals": 0, "elapsed": 0.0}
+        self.state = {"iteration": 0, "elapsed": 0.0, **self.stopping.initial_state()}
         self.resolved = {"gbmseg_version": __version__, "mode": mode, "seed": seed,
                          "train_cases": list(train_cases), "val_cases": list(val_cases),
                          "labels": self.plan["labels"], "modality": self.plan["modality"],
-                         "masks": self.plan["masks"], "channels": list(channels_for_mode(mode)),
-                         "config": config.to_dict(), "device": str(self.device), "amp": self.amp,
+                         "masks": self.plan["masks"], "crop_plan": self.plan.get("crop_plan"),
+                         "channels": list(channels_for_mode(mode)),
+                         "config": config.to_dict(), "device": str(self.device),
+                         "amp": str(self.amp_dtype) if self.amp_dtype else None, "runtime": self.runtime,
                          "torch": torch.__version__, "python": platform.python_version(),
                          "host": platform.node(), "cache": str(self.cache)}
-
-    def _load(self, case: str) -> tuple[torch.Tensor, torch.Tensor]:
-        data = load_case(self.cache, case)
-        x = torch.from_numpy(stack_inputs(data, self.mode))[None]
-        y = torch.from_numpy(data["label"].astype(np.int64))[None, None]
-        return x, y
 
     # -- checkpoints -------------------------------------------------------------------------
     def _save_last(self) -> None:
@@ -126,7 +168,7 @@ class Trainer:
         self.net.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = dict(ckpt["state"])
+        self.state = {**self.stopping.initial_state(), **dict(ckpt["state"])}
         torch.set_rng_state(ckpt["torch_rng"])
         self.gen.set_state(ckpt["sampler_rng"])
         _truncate_history(self.out / "history.csv", self.state["iteration"])
@@ -134,65 +176,81 @@ class Trainer:
         return True
 
     # -- loop --------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def step(self) -> float:
+        """One training iteration (case, patch, augmentation, forward, backward, update); returns the loss."""
+        it = self.state["iteration"]
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(self.tcfg, it)
+        case = self.train_data[int(torch.randint(len(self.train_data), (1,), generator=self.gen))]
+        case = random_patch(case, self.patch, np.random.default_rng([self.seed, it, 1]))
+        if self.augment is not None:
+            case = self.augment(case, it)
+        x = network_input(case, self.mode).to(self.device, non_blocking=True)
+        y = case["label"][None].long().to(self.device, non_blocking=True)
+        self.opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = self.loss_fn(self.net(x).float(), y)
+        if not torch.isfinite(loss):
+            raise GbmsegError(f"training diverged (loss {float(loss)}) at iteration {it}; lower training.lr")
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.state["iteration"] += 1
+        return float(loss.detach())
+
     def validate(self) -> tuple[float, float]:
+        """Mean loss and mean Dice over the validation cases, each predicted whole (no augmentation)."""
         self.net.eval()
         losses, dices = [], []
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
-            for x, y in self.val_data:
-                x, y = x.to(self.device), y.to(self.device)
-                logits = self.net(x).float()
+        with torch.no_grad(), self._autocast():
+            for case in self.val_data:
+                x = network_input(case, self.mode).to(self.device)
+                y = case["label"][None].long().to(self.device)
+                logits = predict_logits(self.net, x, self.patch).float()
                 losses.append(float(self.loss_fn(logits, y)))
                 dices.append(mean_dice(logits.argmax(1, keepdim=True), y, self.n_classes))
         self.net.train()
         return float(np.mean(losses)), float(np.nanmean(dices))
 
     def fit(self) -> dict:
-        """Train until max iterations, the time budget, or early stopping; return ``result.json``'s content."""
+        """Train until max iterations, early stopping or the optional time budget; return ``result.json``'s content."""
         write_text(json.dumps(self.resolved, indent=2), self.out / "config.json")
         resumed = self._resume()
         t = self.tcfg
-        max_it, interval, patience = int(t.max_iterations), int(t.val_interval), int(t.patience)
+        max_it, interval = int(t.max_iterations), int(t.val_interval)
         budget = t.max_time_s or float("inf")
         self.log.info("%s run: mode=%s train=%d val=%d device=%s seed=%d", "resumed" if resumed else "new",
                       self.mode, len(self.train_data), len(self.val_data), self.device, self.seed)
         self.net.train()
         start = time.time() - self.state["elapsed"]
-        stop, running = "max_iterations", []
+        stop, running = None, []
         bar = tqdm(total=max_it, initial=self.state["iteration"], desc=f"train {self.mode}",
                    disable=not self.progress, leave=False)
-        while self.state["iteration"] < max_it:
-            i = int(torch.randint(len(self.train_data), (1,), generator=self.gen))
-            x, y = (a.to(self.device) for a in self.train_data[i])
-            self.opt.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                loss = self.loss_fn(self.net(x).float(), y)
-            if not torch.isfinite(loss):
-                raise GbmsegError(f"training diverged (loss {float(loss)}) at iteration {self.state['iteration']}; "
-                                  "lower training.lr")
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            running.append(float(loss.detach()))
-            self.state["iteration"] += 1
+        while self.state["iteration"] < max_it and stop is None:
+            running.append(self.step())
             bar.update(1)
             out_of_time = time.time() - start > budget  # checked every iteration, validated once more
             if self.state["iteration"] % interval == 0 or self.state["iteration"] == max_it or out_of_time:
-                stop = self._after_interval(running, start, patience) or ("time_budget" if out_of_time else None)
+                stop = self._after_interval(running, start) or ("time_budget" if out_of_time else None)
                 running = []
                 bar.set_postfix(val_dice=f"{self.state['best_dice']:.3f}")
-                if stop:
-                    break
         bar.close()
         result = {"best_iteration": self.state["best_iteration"], "best_val_dice": self.state["best_dice"],
+                  "learned": bool(self.state["learned"]),
                   "iterations": self.state["iteration"], "train_time_s": round(self.state["elapsed"], 2),
                   "time_to_best_s": self.state.get("time_to_best", None),
                   "stop_reason": stop or "max_iterations", "device": str(self.device)}
         write_text(json.dumps(result, indent=2), self.out / "result.json")
         plot_history(self.out / "history.csv", self.out / "loss_curve.png")
+        if not result["learned"]:
+            self.log.warning("validation Dice never rose above %.2f: this run did not learn", t.dice_floor)
         self.log.info("done: %s", result)
         return result
 
-    def _after_interval(self, running: list[float], start: float, patience: int) -> str | None:
+    def _after_interval(self, running: list[float], start: float) -> str | None:
         val_loss, val_dice = self.validate()
         self.state["elapsed"] = time.time() - start
         it = self.state["iteration"]
@@ -200,16 +258,14 @@ class Trainer:
                "val_loss": val_loss, "val_dice": val_dice, "wall_s": round(self.state["elapsed"], 2)}
         _append_history(self.out / "history.csv", row)
         self.log.info("it %d train_loss %.4f val_loss %.4f val_dice %.4f", it, row["train_loss"], val_loss, val_dice)
-        if val_dice > self.state["best_dice"]:
-            self.state.update(best_dice=val_dice, best_iteration=it, bad_evals=0, time_to_best=row["wall_s"])
+        improved = val_dice > self.state["best_dice"]
+        stop = self.stopping.update(self.state, it, val_dice)
+        if improved:
+            self.state["time_to_best"] = row["wall_s"]
             with atomic_path(self.out / "model.pt") as tmp:
                 torch.save({"model": self.net.state_dict()}, tmp)
-        else:
-            self.state["bad_evals"] += 1
         self._save_last()
-        if self.state["bad_evals"] >= patience:
-            return "early_stopping"
-        return None
+        return "early_stopping" if stop else None
 
 
 def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], config: Config,
@@ -232,7 +288,8 @@ def _without_budget(config: dict) -> dict:
     """A config minus what may change when a run is continued (budget, patience, description)."""
     cfg = {k: v for k, v in config.items() if k != "description"}
     cfg["training"] = {k: v for k, v in config.get("training", {}).items()
-                       if k not in ("max_iterations", "max_time_s", "patience", *RETIRED["training"])}
+                       if k not in ("max_iterations", "max_time_s", "patience", "min_iterations",
+                                    *RETIRED["training"])}
     return cfg
 
 

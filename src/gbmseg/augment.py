@@ -1,0 +1,114 @@
+"""Training-time augmentation of model-grid crops: the anatomy, its global mask and its label move together.
+
+Spatial: one random affine per iteration (rotation about all three axes up to ``ROTATE_DEG``,
+per-axis scaling by up to ``SCALE``, translation by up to ``TRANSLATE_VOX`` voxels) resamples the
+image linearly and the global mask and label with nearest neighbour, on one sampling grid, so the
+three stay aligned. It is a rotation times a positive scaling: never a reflection, so there is no
+left-right flip (labels are lateral: eye_left/eye_right, parotid_left/parotid_right). With one
+training case the network thus sees the anatomy, and its mask, at many positions, sizes and angles.
+
+Intensity (image channel only), MONAI's dictionary transforms: gamma, scale, shift, Gaussian noise
+and blur.
+
+The spatial part is written with ``torch.nn.functional.affine_grid``/``grid_sample`` rather than
+MONAI's ``RandAffined``: the same operation, about 2.5x faster on a 48^3 crop on CPU (32 vs 75 ms
+per call, one thread), which matters when one training step costs 0.2-0.4 s.
+
+Only the training loop augments; validation and prediction never do.
+
+Example:
+    >>> import torch
+    >>> aug = Augmenter(seed=0)
+    >>> case = {"image": torch.rand(1, 16, 16, 16), "mask": torch.ones(1, 16, 16, 16),
+    ...         "label": torch.zeros(1, 16, 16, 16)}
+    >>> out = aug(case, iteration=3)
+    >>> out["image"].shape, out["label"].shape
+    (torch.Size([1, 16, 16, 16]), torch.Size([1, 16, 16, 16]))
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai import transforms as T
+
+ROTATE_DEG = 15.0       # about each axis, uniform in [-15, 15]
+SCALE = 0.15            # per axis, factor uniform in [0.85, 1.15]
+TRANSLATE_VOX = 4.0     # per axis, uniform in [-4, 4] voxels
+P_SPATIAL = 0.5         # probability of the spatial transform (half the samples are seen as they are)
+
+
+def _rotation(angles) -> np.ndarray:
+    ax, ay, az = angles
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def random_affine(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random (3x3 matrix, translation in voxels), both in (x, y, z) voxel units about the centre."""
+    rot = _rotation(np.radians(rng.uniform(-ROTATE_DEG, ROTATE_DEG, 3)))
+    scale = rng.uniform(1 - SCALE, 1 + SCALE, 3)
+    return rot @ np.diag(scale), rng.uniform(-TRANSLATE_VOX, TRANSLATE_VOX, 3)
+
+
+def warp(tensors: dict[str, torch.Tensor], matrix: np.ndarray, shift_vox: np.ndarray) -> dict[str, torch.Tensor]:
+    """Resample every ``(C, Z, Y, X)`` tensor through the affine that maps an output voxel ``p``
+    (x, y, z, about the centre) to the input voxel ``matrix @ p + shift_vox``: ``image`` linearly,
+    the others with nearest neighbour; outside the crop is 0."""
+    any_t = next(iter(tensors.values()))
+    zyx = any_t.shape[-3:]
+    half = torch.tensor([zyx[2], zyx[1], zyx[0]], dtype=torch.float64) / 2.0  # x, y, z half-extent (voxels)
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    theta = torch.zeros(1, 3, 4, dtype=torch.float64)
+    theta[0, :, :3] = (m * half[None, :]) / half[:, None]       # D^-1 M D in normalised coordinates
+    theta[0, :, 3] = torch.as_tensor(shift_vox, dtype=torch.float64) / half
+    grid = F.affine_grid(theta.float(), [1, 1, *zyx], align_corners=False)
+    out = {}
+    linear = [k for k in tensors if k == "image"]
+    nearest = [k for k in tensors if k != "image"]
+    for keys, mode in ((linear, "bilinear"), (nearest, "nearest")):
+        if not keys:
+            continue
+        stack = torch.cat([tensors[k] for k in keys], 0)[None].float()
+        res = F.grid_sample(stack, grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+        for k, part in zip(keys, torch.split(res, [tensors[k].shape[0] for k in keys])):
+            out[k] = part.contiguous()
+    return out
+
+
+def _intensity() -> T.Compose:
+    return T.Compose([
+        T.RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
+        T.RandScaleIntensityd(keys="image", prob=0.3, factors=0.15),
+        T.RandShiftIntensityd(keys="image", prob=0.3, offsets=0.1),
+        T.RandGaussianNoised(keys="image", prob=0.15, std=0.03),
+        T.RandGaussianSmoothd(keys="image", prob=0.1, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+    ])
+
+
+class Augmenter:
+    """Random spatial + intensity augmentation, reproducible per (seed, iteration).
+
+    Seeding per iteration (not one running random state) makes a resumed run draw exactly the
+    augmentations an uninterrupted run would have drawn, with no state to checkpoint.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        self.intensity = _intensity()
+
+    def __call__(self, case: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
+        """Augmented copies of ``case``'s tensors (``image`` (C, Z, Y, X); ``mask``, ``label`` (1, Z, Y, X))."""
+        rng = np.random.default_rng([self.seed, int(iteration)])
+        out = dict(case)
+        if rng.random() < P_SPATIAL:
+            out = warp(out, *random_affine(rng))
+        if "image" in out:
+            self.intensity.set_random_state(seed=int(rng.integers(2**31)))
+            out["image"] = torch.as_tensor(self.intensity({"image": out["image"]})["image"]).float()
+        return out

@@ -1,0 +1,131 @@
+"""What each training iteration teaches: augmentation, schedule, stopping, patches (one property each)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gbmseg.augment import Augmenter, random_affine, warp
+from gbmseg.config import load_config
+from gbmseg.network import Conv3d
+from gbmseg.patches import predict_logits, random_patch
+from gbmseg.stopping import StoppingRule
+from gbmseg.training import learning_rate
+
+
+def _blocks(shape=(32, 32, 32)):
+    """Image whose intensity is its label (three blocks), mask = a big block."""
+    label = torch.zeros(1, *shape)
+    label[0, 8:16, 8:20, 4:12] = 1
+    label[0, 18:26, 10:18, 20:28] = 2
+    mask = torch.zeros(1, *shape)
+    mask[0, 4:28, 4:28, 2:30] = 1
+    return {"image": label.clone() / 2, "mask": mask, "label": label}
+
+
+@pytest.mark.parametrize("iteration", range(6))
+def test_augmentation_moves_image_mask_and_label_together(iteration):
+    case = _blocks()
+    out = warp(case, *random_affine(np.random.default_rng(iteration)))
+    label, image = out["label"], out["image"] * 2
+    inside = label > 0
+    assert inside.sum() > 100  # the structures are still in the crop
+    # where the label says a structure is, the (linearly resampled) image carries that structure's value
+    assert (image[inside] - label[inside]).abs().lt(0.5).float().mean() > 0.9
+    # the structures stay inside the moved global mask
+    assert (out["mask"][inside] > 0).float().mean() > 0.97
+
+
+def test_augmentation_never_flips_left_and_right():
+    case = _blocks()  # label 1 at low x, label 2 at high x
+    aug = Augmenter(seed=3)
+    for it in range(40):
+        out = aug(case, it)
+        x1 = torch.nonzero(out["label"][0] == 1)[:, 2].float().mean()
+        x2 = torch.nonzero(out["label"][0] == 2)[:, 2].float().mean()
+        assert x1 < x2
+
+
+def test_augmentation_is_a_rotation_times_a_positive_scaling():
+    for seed in range(50):
+        matrix, _ = random_affine(np.random.default_rng(seed))
+        assert np.linalg.det(matrix) > 0
+
+
+def test_augmentation_is_reproducible_per_iteration():
+    case, aug = _blocks(), Augmenter(seed=1)
+    a, b = aug(case, 7), Augmenter(seed=1)(case, 7)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(aug(case, 8)["label"], a["label"]) or not torch.equal(aug(case, 8)["image"], a["image"])
+
+
+def test_augmentation_leaves_labels_integral():
+    out = Augmenter(seed=0)(_blocks(), 2)
+    assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0, 2.0}
+    assert set(torch.unique(out["mask"]).tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("schedule,it,expected", [
+    ("constant", 0, 1e-3), ("constant", 999, 1e-3),
+    ("poly", 0, 1e-3), ("poly", 500, 1e-3 * 0.5 ** 0.9), ("poly", 1000, 0.0),
+])
+def test_learning_rate_schedule(schedule, it, expected):
+    cfg = load_config("fast", [f"training.schedule={schedule}", "training.lr=0.001", "training.max_iterations=1000",
+                               "training.warmup=0"]).training
+    assert learning_rate(cfg, it) == pytest.approx(expected)
+
+
+def test_learning_rate_warms_up_linearly():
+    cfg = load_config("fast", ["training.warmup=10", "training.lr=0.001"]).training
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 9) == pytest.approx(1e-3)
+
+
+def test_stopping_never_fires_before_the_run_learns():
+    rule, state = StoppingRule(patience=2, min_iterations=0, floor=0.05), StoppingRule.initial_state()
+    assert not any(rule.update(state, it, 0.0) for it in range(50, 2000, 50))
+    assert state["learned"] is False
+
+
+def test_stopping_waits_for_min_iterations():
+    rule, state = StoppingRule(patience=1, min_iterations=400, floor=0.05), StoppingRule.initial_state()
+    stops = [rule.update(state, it, d) for it, d in [(100, 0.5), (200, 0.4), (300, 0.4), (400, 0.4)]]
+    assert stops == [False, False, False, True]
+    assert state["best_iteration"] == 100
+
+
+def test_stopping_counts_patience_after_the_floor():
+    rule, state = StoppingRule(patience=2, min_iterations=0, floor=0.05), StoppingRule.initial_state()
+    history = [(50, 0.01), (100, 0.02), (150, 0.0), (200, 0.3), (250, 0.2), (300, 0.25)]
+    assert [rule.update(state, it, d) for it, d in history] == [False] * 5 + [True]
+
+
+def test_random_patch_has_the_patch_size_and_keeps_channels_aligned():
+    case = _blocks((40, 32, 48))
+    patch = random_patch(case, (32, 32, 32), np.random.default_rng(0), foreground=1.0)
+    assert all(tuple(v.shape) == (1, 32, 32, 32) for v in patch.values())
+    assert torch.equal(patch["image"] * 2, patch["label"])
+    assert patch["label"].sum() > 0  # foreground-centred
+
+
+def test_sliding_window_covers_a_grid_larger_than_the_network_input():
+    net = torch.nn.Conv3d(1, 2, 1)
+    x = torch.rand(1, 1, 48, 32, 40)
+    out = predict_logits(net, x, (32, 32, 32))
+    assert out.shape == (1, 2, 48, 32, 40)
+    assert torch.allclose(out, net(x), atol=1e-5)  # a pointwise net: windows agree with one pass
+
+
+@pytest.mark.parametrize("channels,size", [(16, 48), (32, 24), (64, 12), (128, 6)])
+def test_split_convolution_equals_the_plain_convolution(channels, size):
+    torch.manual_seed(0)
+    plain = torch.nn.Conv3d(channels, 8, 3, padding=1)
+    split = Conv3d(channels, 8, 3, padding=1)
+    split.load_state_dict(plain.state_dict())
+    x = torch.randn(1, channels, size, size, size, requires_grad=True)
+    ya, yb = plain(x), split(x)
+    assert torch.allclose(ya, yb, atol=1e-4)
+    ga, = torch.autograd.grad(ya.square().sum(), x)
+    gb, = torch.autograd.grad(yb.square().sum(), x)
+    assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-3)
