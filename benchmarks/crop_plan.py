@@ -66,15 +66,15 @@ def coverage_md(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def dice_sweeps(data: Path, overrides: list[str]) -> list[str]:
-    ds = Dataset(data / "hn_CT", work=HERE / "work" / "hn_CT")
+def dice_sweeps(data: Path, name: str, n: int, modes: list[str], overrides: list[str]) -> list[str]:
+    ds = Dataset(data / name, work=HERE / "work" / name)
     make_dataset_masks(ds, "threshold", progress=False)
-    n_val, n_test = SPLITS["hn_CT"]
+    n_val, n_test = SPLITS[name]
     split = split_cases(ds.cases, n_val, n_test, seed=0)
     tables = []
     for rule, sets in RULES.items():
-        sweep_dir = plan_sweep(ds, HERE / "work" / f"hn_CT_n8_{rule.replace(' ', '_')}", modes=["image", "image+mask"],
-                               sizes=[8], seeds=[0], preset="fast", overrides=sets + overrides,
+        sweep_dir = plan_sweep(ds, HERE / "work" / f"{name}_n{n}_{rule.replace(' ', '_')}", modes=modes,
+                               sizes=[n], seeds=[0], preset="fast", overrides=sets + overrides,
                                val=split["val"], test=split["test"])
         t = time.time()
         run_sweep(sweep_dir)
@@ -83,10 +83,10 @@ def dice_sweeps(data: Path, overrides: list[str]) -> list[str]:
         tab.loc["mean"] = m.groupby("mode")["dice"].mean()
         tab.columns = [f"{c} ({rule})" for c in tab.columns]
         tables.append(tab)
-        print(f"{rule}: {time.time() - t:.0f} s")
+        print(f"{name} {rule}: {time.time() - t:.0f} s")
     both = pd.concat(tables, axis=1)
-    return ["# hn_CT at N = 8: test Dice with the paper's rule and with the planned crop (issue 14)", "",
-            f"Machine: {machine()}. Split seed 0: 8 training cases (first 8 of the pool's seeded order), "
+    return [f"## {name} at N = {n}: test Dice with the paper's rule and with the planned crop", "",
+            f"Machine: {machine()}. Split seed 0: {n} training cases (the first {n} of the pool's seeded order), "
             f"{n_val} validation, {n_test} test cases. Preset fast {' '.join(overrides)}.", "",
             both.to_markdown(floatfmt=".3f"), ""]
 
@@ -94,11 +94,20 @@ def dice_sweeps(data: Path, overrides: list[str]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
-    ap.add_argument("--dice", action="store_true")
+    ap.add_argument("--dice", action="store_true", help="hn_CT sweep at N = 8 (image, image+mask), both rules")
+    ap.add_argument("--dice-others", action="store_true",
+                    help="head_CT (N = 8) and heart_CT (N = 5) image+mask, both rules (no coverage tables)")
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     out = HERE / "results"
     start = time.time()
+    if args.dice_others:
+        lines = ["# head_CT and heart_CT: test Dice with the paper's rule and with the planned crop (issue 14)", ""]
+        for name, n in (("head_CT", 8), ("heart_CT", 5)):
+            lines += dice_sweeps(Path(args.data), name, n, ["image+mask"], args.set)
+        (out / "crop_plan_other_dice.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     df = pd.DataFrame(coverage_rows(Path(args.data)))
     df.to_csv(out / "crop_coverage.csv", index=False)
     md = ["# Label coverage of the model grid: paper's rule vs planned crop (issue 14)", "",
@@ -109,7 +118,8 @@ def main() -> None:
     (out / "crop_coverage.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     if args.dice:
-        lines = dice_sweeps(Path(args.data), args.set)
+        lines = ["# hn_CT: test Dice with the paper's rule and with the planned crop (issue 14)", "",
+                 *dice_sweeps(Path(args.data), "hn_CT", 8, ["image", "image+mask"], args.set)]
         (out / "crop_plan_hn_dice.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
 

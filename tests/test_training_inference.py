@@ -150,3 +150,36 @@ def test_time_budget_stops_training(toy_dataset, tmp_path):
     result = train(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
     assert result["stop_reason"] == "time_budget"
     assert 0 < result["iterations"] < 100000 and (tmp_path / "run" / "model.pt").exists()  # validated before stopping
+
+
+def test_planned_crop_with_patches_trains_and_predicts_without_augmenting(toy_dataset, tmp_path, monkeypatch):
+    """A planned grid larger than the network input: patches in training, sliding window at validation
+    and prediction; augmentation on in training, never called at validation or prediction."""
+    from gbmseg import augment
+    from gbmseg.preprocessing import coverage
+
+    calls = {"n": 0}
+    original = augment.Augmenter.__call__
+
+    def counting(self, case, iteration):
+        calls["n"] += 1
+        return original(self, case, iteration)
+
+    monkeypatch.setattr(augment.Augmenter, "__call__", counting)
+    ds = Dataset(toy_dataset, work=tmp_path / "work")
+    make_dataset_masks(ds, "auto", progress=False)
+    cfg = tiny_config(max_iterations=20, augment=True, schedule="poly")
+    for item in ("preprocessing.crop=planned", "preprocessing.size=[16,16,16]", "preprocessing.max_size=[48,48,48]"):
+        cfg.set_value(item)
+    cache = preprocess_dataset(ds, cfg, progress=False, plan_cases=ds.cases[:5])
+    plan = json.loads((cache / "plan.json").read_text())["crop_plan"]
+    assert max(plan["grid_size"]) > 16 and plan["cases"] == sorted(ds.cases[:5])
+    assert all(min(v.values()) == 1.0 for v in coverage(cache).values())  # every structure inside its grid
+    train(cache, "image+mask", ds.cases[:4], ds.cases[4:5], cfg, tmp_path / "run", seed=0, progress=False)
+    assert calls["n"] == 20  # once per training iteration, not in the two validations
+    model = load_model(tmp_path / "run")
+    assert model.info["crop_plan"] == plan
+    image = sitk.ReadImage(str(ds.image_path(ds.cases[5])))
+    seg = predict_image(model, image)
+    assert calls["n"] == 20  # prediction never augments
+    assert seg.GetSize() == image.GetSize() and seg.GetOrigin() == image.GetOrigin()

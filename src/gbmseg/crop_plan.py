@@ -20,7 +20,6 @@ Plans are plain dicts of floats, ints, strings and lists (JSON-serialisable).
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -309,11 +308,6 @@ def crop_center(plan: Mapping, mask_box: Any) -> np.ndarray:
     return b[0] + f * (b[1] - b[0]) + o
 
 
-def crop_center_world(plan: Mapping, mask_box: Any, axes: Any | None = None) -> np.ndarray:
-    """The crop centre in world (LPS) mm, for ``model_grid(center, spacing, size, direction=axes)``."""
-    return _rotation(axes) @ crop_center(plan, mask_box)
-
-
 def crop_box(plan: Mapping, mask_box: Any, size: Sequence[int] | None = None,
              spacing: Sequence[float] | None = None) -> np.ndarray:
     """The crop's box (mm along the crop axes): ``size`` voxels of ``spacing`` (the plan's if ``None``)
@@ -322,28 +316,3 @@ def crop_box(plan: Mapping, mask_box: Any, size: Sequence[int] | None = None,
     half = np.asarray(spacing if spacing is not None else plan["spacing"], dtype=float) * \
         np.asarray(size if size is not None else plan["size"], dtype=float) / 2.0
     return np.stack([c - half, c + half])
-
-
-def validate_plan(plan: Mapping) -> dict:
-    """Check a plan (e.g. read from JSON) and return it as a dict; ValueError if malformed."""
-    if not isinstance(plan, Mapping) or "axes" not in plan:
-        raise ValueError("a crop plan is a dict with 'axes'")
-    if plan.get("version") != PLAN_VERSION:
-        raise ValueError(f"crop plan version {plan.get('version')!r}, expected {PLAN_VERSION}")
-    if len(plan["axes"]) != 3:
-        raise ValueError("a crop plan has 3 axes")
-    for a in plan["axes"]:
-        for key in ("fraction", "offset_mm"):
-            if not isinstance(a.get(key), (int, float)) or not math.isfinite(a[key]):
-                raise ValueError(f"crop plan axis {key} must be a finite number")
-    return dict(plan)
-
-
-def plan_to_json(plan: Mapping) -> str:
-    """The plan as JSON text."""
-    return json.dumps(validate_plan(plan), indent=1, sort_keys=True)
-
-
-def plan_from_json(text: str) -> dict:
-    """A plan from JSON text (checked)."""
-    return validate_plan(json.loads(text))
