@@ -169,9 +169,22 @@ def test_evaluate_folder_labels_from_references_and_cases(dataset):
     assert (df.dice == 1.0).all()
 
 
-def test_missing_prediction_names_file(dataset):
+def test_missing_prediction_of_a_named_case_names_file(dataset):
     (dataset / "pred" / "c2.nii.gz").unlink()
     with pytest.raises(GbmsegError, match="c2.nii.gz"):
+        evaluate_folder(dataset / "pred", dataset / "Dataset001" / "labelsTr", cases=["c1", "c2"])
+
+
+def test_only_references_with_a_prediction_are_scored_and_the_rest_listed(dataset):
+    (dataset / "pred" / "c2.nii.gz").unlink()
+    df = evaluate_folder(dataset / "pred", dataset / "Dataset001" / "labelsTr")
+    assert set(df.case) == {"c1"} and df.attrs["left_out"] == ["c2"]
+
+
+def test_no_matching_prediction_is_an_error_naming_the_folder(dataset):
+    for p in (dataset / "pred").iterdir():
+        p.rename(p.with_name("other_" + p.name))
+    with pytest.raises(GbmsegError, match="no prediction named like a reference"):
         evaluate_folder(dataset / "pred", dataset / "Dataset001" / "labelsTr")
 
 

@@ -124,7 +124,10 @@ def cmd_evaluate(args) -> None:
     labels = None
     if args.labels:
         labels = read_json(args.labels)["labels"]
-    df = evaluate_folder(args.pred, args.ref, labels=labels, out_csv=args.output)
+    df = evaluate_folder(args.pred, args.ref, labels=labels, out_csv=args.output, cases=_cases(args.cases))
+    left_out = df.attrs.get("left_out", [])
+    print(f"scored {df['case'].nunique()} case(s) that have a prediction"
+          + (f"; {len(left_out)} reference case(s) without one left out" if left_out else ""))
     print(summarize(df)[["structure", "n", "n_missing", "dice_mean", "dice_sd", "com_mm_mean", "hd95_mm_mean"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.output:
@@ -249,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ref", required=True, help="folder of reference labels (e.g. DATASET/labelsTr)")
     s.add_argument("--labels", help="dataset.json naming the labels (default: the one beside --ref)")
     s.add_argument("--masks", action="store_true", help="score global masks against the union of labels")
+    s.add_argument("--cases", help="comma-separated cases to score (default: every reference with a prediction)")
     s.add_argument("-o", "--output", help="CSV to write (a _summary.csv is written beside it)")
     s.set_defaults(func=cmd_evaluate)
 

@@ -154,9 +154,11 @@ def _write_csv(df: pd.DataFrame, out_csv: PathLike, summary: bool = True) -> Non
 def evaluate_folder(pred_dir: PathLike, ref_dir: PathLike, labels: dict[str, int] | None = None,
                     out_csv: PathLike | None = None, file_ending: str = ".nii.gz",
                     cases: list[str] | None = None) -> pd.DataFrame:
-    """Score every ``<case><file_ending>`` of ``ref_dir`` against ``pred_dir/<case><file_ending>``.
+    """Score ``pred_dir/<case><file_ending>`` against ``ref_dir/<case><file_ending>``.
 
-    Writes ``out_csv`` and ``<stem>_summary.csv`` beside it when ``out_csv`` is given.
+    ``cases`` (each must have a prediction) defaults to every reference case that has a prediction
+    (a test subset, nnU-Net's or any tool's output folder); the references left out are listed in
+    ``df.attrs["left_out"]``. Writes ``out_csv`` and ``<stem>_summary.csv`` beside it when given.
 
     Example:
         >>> df = evaluate_folder("preds", "Dataset001/labelsTr", out_csv="eval/metrics.csv")  # doctest: +SKIP
@@ -164,7 +166,14 @@ def evaluate_folder(pred_dir: PathLike, ref_dir: PathLike, labels: dict[str, int
         ['metrics.csv', 'metrics_summary.csv']
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    if not pred_dir.is_dir():
+        raise GbmsegError(f"{pred_dir}: prediction folder not found")
+    explicit = cases is not None
     cases = _case_list(ref_dir, file_ending, cases)
+    left_out = [] if explicit else [c for c in cases if not (pred_dir / f"{c}{file_ending}").exists()]
+    cases = [c for c in cases if c not in set(left_out)]
+    if not cases:
+        raise GbmsegError(f"{pred_dir}: no prediction named like a reference in {ref_dir} (<case>{file_ending})")
     for case in cases:
         if not (pred_dir / f"{case}{file_ending}").exists():
             raise GbmsegError(f"{pred_dir / (case + file_ending)}: prediction missing for reference case {case}")
@@ -182,6 +191,7 @@ def evaluate_folder(pred_dir: PathLike, ref_dir: PathLike, labels: dict[str, int
         r = label_array(ref, ref_path, allowed)
         rows += _evaluate_arrays(p, r, ref, labels, case)
     df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["left_out"] = left_out
     if out_csv is not None:
         _write_csv(df, out_csv)
     return df
