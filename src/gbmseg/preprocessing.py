@@ -202,11 +202,6 @@ def crop_axes(mask: sitk.Image, prep: PreprocessingConfig, transform: sitk.Trans
     return standard_axes(transform, mask_center(mask, name))
 
 
-def _world_of(image: sitk.Image, idx_zyx: np.ndarray) -> np.ndarray:
-    direction = np.reshape(image.GetDirection(), (3, 3))
-    return cp.voxel_world(idx_zyx, image.GetOrigin(), image.GetSpacing(), direction)
-
-
 def case_boxes(mask: sitk.Image, label: sitk.Image | None, axes=None, name: str = "image") -> dict:
     """Boxes (mm along the grid axes) of the mask, of all labels and of each structure (see
     :func:`gbmseg.crop_plan.case_boxes`)."""
@@ -237,12 +232,14 @@ def label_coverage(label: sitk.Image, grid: sitk.Image) -> dict[str, float]:
     idx = np.argwhere(arr > 0)
     if not len(idx):
         return {}
-    world = _world_of(label, idx)
     rot = np.reshape(grid.GetDirection(), (3, 3))
-    cont = ((world - np.asarray(grid.GetOrigin())) @ rot) / np.asarray(grid.GetSpacing())
-    inside = np.all((cont >= -0.5) & (cont <= np.asarray(grid.GetSize()) - 0.5), axis=1)
+    local = cp.project(cp.voxel_world(idx, label.GetOrigin(), label.GetSpacing(),
+                                      np.reshape(label.GetDirection(), (3, 3))), rot)
+    spacing = np.asarray(grid.GetSpacing())
+    lo = np.asarray(grid.GetOrigin()) @ rot - spacing / 2  # the grid's box along its axes (voxel edges)
+    box = np.stack([lo, lo + spacing * np.asarray(grid.GetSize())])
     values = arr[tuple(idx.T)]
-    return {str(int(v)): round(float(inside[values == v].mean()), 4) for v in np.unique(values)}
+    return {str(int(v)): round(cp.fraction_inside(local[values == v], box), 4) for v in np.unique(values)}
 
 
 def fit_plan(dataset: Dataset, prep: PreprocessingConfig, cases: list[str], progress: bool = True,
