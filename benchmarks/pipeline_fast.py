@@ -1,9 +1,9 @@
 """Issue-2 benchmark: train image / mask / image+mask models with a preset on head_CT (8/2/2) and
 heart_CT (5/1/2), predict the test cases end to end, and record Dice, COM distance, times, machine.
 
-    python benchmarks/pipeline_fast.py [--data ../shared/data] [--preset fast] [--set k=v ...]
+    python benchmarks/pipeline_fast.py [--data ../shared/data] [--preset fast] [--set k=v ...] [--tag NAME]
 
-Writes benchmarks/results/pipeline_<preset>.{csv,md}. Work files go to benchmarks/work/ (ignored by
+Writes benchmarks/results/<tag>.{csv,md} (tag defaults to pipeline_<preset>). Work files go to benchmarks/work/ (ignored by
 git). Finished trainings are reused, so an interrupted benchmark resumes where it stopped.
 """
 
@@ -37,7 +37,7 @@ def machine() -> str:
             f"{dev}; torch {torch.__version__}, python {platform.python_version()}")
 
 
-def run(data: Path, name: str, preset: str, overrides: list[str], rows: list, times: list) -> None:
+def run(data: Path, name: str, preset: str, overrides: list[str], tag: str, rows: list, times: list) -> None:
     setup = SETUPS[name]
     ds = Dataset(data / name, work=HERE / "work" / name)
     make_dataset_masks(ds, setup["masks"])
@@ -48,7 +48,7 @@ def run(data: Path, name: str, preset: str, overrides: list[str], rows: list, ti
     from gbmseg.training import train
 
     for mode in ("image", "mask", "image+mask"):
-        run_dir = HERE / "work" / "runs" / f"{name}_{preset}_{mode}"
+        run_dir = HERE / "work" / "runs" / f"{name}_{tag}_{mode}"
         result = train(cache, mode, train_cases, split["val"], cfg, run_dir, seed=0)
         model = load_model(run_dir)
         for case in split["test"]:
@@ -71,15 +71,16 @@ def main() -> None:
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--datasets", default="head_CT,heart_CT")
+    ap.add_argument("--tag", default=None, help="names the results and the run folders (default pipeline_<preset>)")
     args = ap.parse_args()
+    tag = args.tag or f"pipeline_{args.preset}"
     rows, times = [], []
     start = time.time()
     for name in args.datasets.split(","):
-        run(Path(args.data), name, args.preset, args.set, rows, times)
+        run(Path(args.data), name, args.preset, args.set, tag, rows, times)
     df, tf = pd.DataFrame(rows), pd.DataFrame(times)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    tag = f"pipeline_{args.preset}"
     df.to_csv(out / f"{tag}.csv", index=False)
     tf.to_csv(out / f"{tag}_times.csv", index=False)
     dice = df.pivot_table(index=["dataset", "structure"], columns="mode", values="dice", aggfunc="mean")
