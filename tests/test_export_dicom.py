@@ -263,3 +263,12 @@ def test_cli_predicts_a_dicom_series_to_seg_and_rtstruct(tmp_path):
     assert np.array_equal(to_array(read_dicom_seg(tmp_path / "dicom-seg.dcm", series, model.info["labels"])), expected)
     assert np.array_equal(to_array(read_rtstruct(tmp_path / "rtstruct.dcm", series, model.info["labels"])), expected)
     assert expected.any()  # the check would be empty otherwise
+
+
+def test_series_writer_leaves_the_locale_alone(tmp_path):
+    """GDCM's writer switches the process to the C locale (text files then open as ASCII)."""
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    write_dicom_series(_truth(np.eye(3))[0], tmp_path / "s")
+    assert locale.setlocale(locale.LC_ALL) == before

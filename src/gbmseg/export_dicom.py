@@ -420,7 +420,9 @@ def read_rtstruct(path: PathLike, reference: sitk.Image, labels: dict[str, int] 
     """An RT Structure Set rasterised onto ``reference``'s grid (uint8): each contour must lie in a
     plane of the grid (as when the grid is the series it was drawn on); the voxel centres inside it
     (even-odd over the contours of a plane, so holes work) get ``labels[ROI name]`` (or the ROI
-    number). Later ROIs overwrite earlier ones where they overlap.
+    number); a voxel centre on a contour line is undecided (only contours through voxel centres
+    have such). Contours without area (a point or a line) are skipped. Later ROIs overwrite
+    earlier ones where they overlap.
     """
     from matplotlib.path import Path as PolyPath
 
@@ -435,6 +437,9 @@ def read_rtstruct(path: PathLike, reference: sitk.Image, labels: dict[str, int] 
         planes: dict[tuple[int, int], np.ndarray] = {}  # (axis, index) -> XOR of fills
         for contour in getattr(roi, "ContourSequence", []):
             idx = _to_index(reference, np.array([float(v) for v in contour.ContourData]).reshape(-1, 3))
+            flat = np.ptp(idx, 0) < 1e-2
+            if flat.sum() > 1:  # a point or a line (as contours through pixel centres make): no area
+                continue
             axis = int(np.argmin(np.ptp(idx, 0)))
             level = float(np.mean(idx[:, axis]))
             plane = int(round(level))

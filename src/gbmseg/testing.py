@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -115,17 +116,21 @@ def write_dicom_series(image: sitk.Image, folder: Path, reverse_files: bool = Fa
     writer.KeepOriginalImageUIDOn()
     n = vol.GetSize()[2]
     files = []
-    for k in range(n):
-        number = n - k if reverse_files else k + 1
-        sl = vol[:, :, k]
-        for tag, value in common.items():
-            sl.SetMetaData(tag, value)
-        pos = image.TransformIndexToPhysicalPoint((0, 0, k))
-        sl.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in pos))
-        sl.SetMetaData("0020|0013", str(number))
-        sl.SetMetaData("0008|0018", f"{root}{seed}.4.{k + 1}")
-        path = folder / f"slice_{number:04d}.dcm"
-        writer.SetFileName(str(path))
-        writer.Execute(sl)
-        files.append(path)
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer leaves the C locale behind (open() turns ASCII)
+    try:
+        for k in range(n):
+            number = n - k if reverse_files else k + 1
+            sl = vol[:, :, k]
+            for tag, value in common.items():
+                sl.SetMetaData(tag, value)
+            pos = image.TransformIndexToPhysicalPoint((0, 0, k))
+            sl.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in pos))
+            sl.SetMetaData("0020|0013", str(number))
+            sl.SetMetaData("0008|0018", f"{root}{seed}.4.{k + 1}")
+            path = folder / f"slice_{number:04d}.dcm"
+            writer.SetFileName(str(path))
+            writer.Execute(sl)
+            files.append(path)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
     return files
