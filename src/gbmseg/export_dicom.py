@@ -34,9 +34,8 @@ from .errors import GbmsegError
 from .io import PathLike, atomic_path, fmt, read_image, same_geometry, to_array
 from .predict import Model, predict_image
 
-__all__ = ["FORMATS", "require_dicom", "is_dicom_series", "segment_colors", "write_dicom_seg",
-           "write_rtstruct", "write_dicom", "predict_dicom", "read_dicom_seg", "read_rtstruct",
-           "edge_contours"]
+__all__ = ["FORMATS", "require_dicom", "is_dicom_series", "segment_colors", "write_dicom_seg", "write_rtstruct",
+           "write_dicom", "check_dicom_request", "predict_dicom", "read_dicom_seg", "read_rtstruct", "edge_contours"]
 
 FORMATS = ("nifti", "dicom-seg", "rtstruct")
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -244,7 +243,7 @@ def write_rtstruct(label: sitk.Image, dicom_dir: PathLike, out_path: PathLike, l
     Example:
         >>> write_rtstruct(seg, "ct/", "out/rtstruct.dcm", {"brainstem": 1})    # doctest: +SKIP
     """
-    hd, pydicom = require_dicom()
+    hd, _ = require_dicom()
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian
