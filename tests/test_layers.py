@@ -23,6 +23,7 @@ LAYERS = [
     ["mask_model"],                      # learned whole-organ masks
     ["global_masks"],                    # the one entry point for global masks (method registry)
     ["predict"],                         # two-stage prediction: mask, then segmentation
+    ["export_dicom"],                    # label maps out as DICOM-SEG / RTSTRUCT against the source series
     ["sweep"],
     ["sweep_stats"],
     ["report"],

@@ -5,6 +5,7 @@ Pipeline stages, lowest layer last; every import points down (see ``tests/test_l
     cli.py, demo.py        commands; phantoms -> sweep -> report
     report.py              figures, HTML / Markdown  (numbers in sweep_stats.py)
     sweep.py               the paper's training-size experiment
+    export_dicom.py        label maps out as DICOM-SEG / RTSTRUCT against the source series
     predict.py             two-stage prediction: global mask, then segmentation
     global_masks.py        global binary masks: one entry point, a registry of methods
     mask_model.py          learned whole-organ masks

@@ -98,8 +98,15 @@ def _warn_coverage(cache, cases=None) -> None:
 def cmd_predict(args) -> None:
     from .predict import load_model, predict_file, predict_folder
 
-    model = load_model(args.model, device=args.device)
     src = Path(args.input)
+    if args.format != "nifti":
+        from .export_dicom import check_dicom_request, predict_dicom
+
+        check_dicom_request(src, args.format)  # extra installed, DICOM input: before loading anything
+        model = load_model(args.model, device=args.device)
+        print(f"wrote {predict_dicom(model, src, args.output, args.format, args.mask)}")
+        return
+    model = load_model(args.model, device=args.device)
     if src.is_dir() and not _is_dicom_dir(src):
         out = predict_folder(model, src, args.output, mask_dir=args.mask, overwrite=args.overwrite)
         print(f"{len(out)} segmentations in {args.output}")
@@ -245,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mask", help="ready global mask (file, or folder of <case>.nii.gz in folder mode)")
     s.add_argument("--device")
     s.add_argument("--overwrite", action="store_true", help="folder mode: redo existing outputs")
+    s.add_argument("--format", default="nifti", choices=["nifti", "dicom-seg", "rtstruct"],
+                   help="nifti (default; also .nrrd/.mha by the output's suffix), or for a DICOM series input "
+                        "a DICOM Segmentation or RT Structure Set file referencing it (needs gbmseg[dicom])")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("evaluate", help="Dice, centre-of-mass distance, HD95, ASD per case and structure")

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,66 @@ def tiny_config(**training) -> Config:
     for key, value in training.items():
         cfg.set_value(f"training.{key}={json.dumps(value)}")
     return cfg
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, reverse_files: bool = False,
+                       intercept: float = -1024.0, series_uid: str | None = None) -> list[Path]:
+    """Write ``image`` as a CT DICOM series, one file per slice (``k`` = the image's third index), with
+    SimpleITK: stored ``int16`` with ``RescaleIntercept`` (HU = stored + ``intercept``), per-slice
+    ``ImagePositionPatient``, ``ImageOrientationPatient`` from the first two direction columns, one
+    study, series and frame of reference. A left-handed direction (slices stacked against the normal
+    ``row x column``) is written as such: readers sort by position. ``reverse_files`` numbers the files
+    and instances in the opposite order of the positions. For tests and benchmarks, not for clinics.
+
+    Example:
+        >>> image, _ = toy_case(0, size=8)
+        >>> files = write_dicom_series(image, Path("dcm"))              # doctest: +SKIP
+        >>> len(files)                                                  # doctest: +SKIP
+        8
+    """
+    from datetime import datetime
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hu = sitk.GetArrayFromImage(image).astype(np.float64)
+    # HU as int16; GDCM stores HU - intercept itself when the rescale tags are set
+    lo, hi = max(-32768, -32768 + intercept), min(32767, 32767 + intercept)  # stored value fits int16
+    vol = sitk.GetImageFromArray(np.clip(np.round(hu), lo, hi).astype(np.int16))
+    vol.CopyInformation(image)
+    root = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root, as generate_uid uses
+    stamp = datetime.now()
+    seed = abs(hash((stamp.timestamp(), str(folder)))) % 10**12
+    series_uid = series_uid or f"{root}{seed}.2"
+    d = image.GetDirection()
+    iop = "\\".join(f"{v:.10g}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    common = {
+        "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL", "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+        "0008|0020": stamp.strftime("%Y%m%d"), "0008|0030": stamp.strftime("%H%M%S"),
+        "0008|0060": "CT", "0008|0070": "gbmseg test series", "0008|103e": "synthetic CT",
+        "0010|0010": "Phantom^Test", "0010|0020": "PHANTOM001", "0020|0010": "1",
+        "0020|000d": f"{root}{seed}.1", "0020|000e": series_uid, "0020|0052": f"{root}{seed}.3",
+        "0020|0011": "1", "0020|0037": iop, "0018|0050": f"{image.GetSpacing()[2]:.6g}",
+        "0028|1052": f"{intercept:g}", "0028|1053": "1", "0028|1054": "HU",
+    }
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    n = vol.GetSize()[2]
+    files = []
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer leaves the C locale behind (open() turns ASCII)
+    try:
+        for k in range(n):
+            number = n - k if reverse_files else k + 1
+            sl = vol[:, :, k]
+            for tag, value in common.items():
+                sl.SetMetaData(tag, value)
+            pos = image.TransformIndexToPhysicalPoint((0, 0, k))
+            sl.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in pos))
+            sl.SetMetaData("0020|0013", str(number))
+            sl.SetMetaData("0008|0018", f"{root}{seed}.4.{k + 1}")
+            path = folder / f"slice_{number:04d}.dcm"
+            writer.SetFileName(str(path))
+            writer.Execute(sl)
+            files.append(path)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    return files
