@@ -152,8 +152,8 @@ def _free_port() -> int:
 
 def _ddp_rank(rank: int, world: int, ports: tuple[int, int], cache: str, preset: str, dataset: str, work: str,
               out: str) -> None:
-    """One rank of a 2-process Gloo run (torch.multiprocessing.spawn): train 20 iterations and save this rank's
-    weights; then resume the run, to 30 iterations, with the command line (``gbmseg train`` as torchrun starts it)."""
+    """One rank of a 2-process Gloo run (torch.multiprocessing.spawn): train 4 iterations and save this rank's
+    weights; then resume the run, to 6 iterations, with the command line (``gbmseg train`` as torchrun starts it)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -161,16 +161,16 @@ def _ddp_rank(rank: int, world: int, ports: tuple[int, int], cache: str, preset:
     from gbmseg.config import load_config
     from gbmseg.training import Trainer
 
-    trainer = Trainer(Path(cache), "image", TRAIN, ["toy_000"], load_config(preset), Path(out), seed=0, device="cpu",
-                      progress=False)
+    config = load_config(preset, ["training.max_iterations=4", "training.val_interval=2"])
+    trainer = Trainer(Path(cache), "image", TRAIN, ["toy_000"], config, Path(out), seed=0, device="cpu", progress=False)
     trainer.fit()
     torch.save(trainer.net.state_dict(), Path(out).parent / f"rank{rank}.pt")
     distributed.teardown()
-    if rank == 0:  # as if stopped right after its checkpoint at iteration 20 (a finished run is not continued)
+    if rank == 0:  # as if stopped right after its checkpoint at iteration 4 (a finished run is not continued)
         (Path(out) / "result.json").unlink()
     os.environ["MASTER_PORT"] = str(ports[1])
     rc = main(["train", dataset, "--work", work, "--preset", preset, "--mode", "image", "--train", ",".join(TRAIN),
-               "--val", "toy_000", "--set", "training.max_iterations=30", "-o", out])
+               "--val", "toy_000", "--set", "training.max_iterations=6", "--set", "training.val_interval=2", "-o", out])
     (Path(out).parent / f"rc{rank}").write_text(str(rc))
 
 
@@ -197,8 +197,8 @@ def test_ddp_on_two_cpu_processes_one_checkpoint_identical_weights_and_resume(to
     assert json.loads((out / "config.json").read_text())["processes"] == 2
     assert len(torch.load(out / "last.pt", weights_only=True)["rank_rng"]) == 2
     assert [(tmp_path / f"rc{r}").read_text() for r in (0, 1)] == ["0", "0"]
-    assert json.loads((out / "result.json").read_text())["iterations"] == 30
-    assert pd.read_csv(out / "history.csv")["iteration"].tolist() == [10, 20, 30]
+    assert json.loads((out / "result.json").read_text())["iterations"] == 6
+    assert pd.read_csv(out / "history.csv")["iteration"].tolist() == [2, 4, 6]
 
 
 # -- Ray --------------------------------------------------------------------------------------
@@ -232,7 +232,8 @@ def local_ray():
 def test_ray_sweep_gives_the_local_sweeps_metrics(toy, tmp_path, local_ray, capsys):
     from gbmseg.sweep_backends import run
 
-    local, remote = _sweep(toy, tmp_path / "local"), _sweep(toy, tmp_path / "ray")
+    short = ["training.max_iterations=4", "training.val_interval=2"]
+    local, remote = _sweep(toy, tmp_path / "local", overrides=short), _sweep(toy, tmp_path / "ray", overrides=short)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each Ray task (--cpus-per-job 1): same sums in the same order on CPU
     try:
@@ -256,7 +257,7 @@ def test_ray_worker_killed_mid_job_is_retried_and_resumes(toy, tmp_path, local_r
     from gbmseg.sweep_backends import run
 
     sweep = _sweep(toy, tmp_path / "sweep", sizes=(1, 2),
-                   overrides=["training.max_iterations=60", "training.val_interval=5"])
+                   overrides=["training.max_iterations=12", "training.val_interval=2"])
     first = jobs(sweep)[0]
     result = {}
     thread = threading.Thread(target=lambda: result.update(m=run(sweep, backend="ray", progress=False)))

@@ -154,7 +154,7 @@ def cmd_phantoms(args) -> None:
 
 def cmd_sweep(args) -> None:
     from .report import make_report
-    from .sweep import plan_sweep
+    from .sweep import plan_sweep, prepare_sweep
     from .sweep_backends import run, write_slurm_script
 
     from .global_masks import make_dataset_masks
@@ -167,6 +167,7 @@ def cmd_sweep(args) -> None:
                            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                            val=_cases(args.val), test=_cases(args.test))
     if args.emit == "slurm":
+        prepare_sweep(sweep_dir, workers=args.workers)  # the cache now, so that the array tasks do not race to make it
         script = write_slurm_script(sweep_dir, args.slurm_opt, cpus_per_job=args.cpus_per_job or 4,
                                     gpus_per_job=int(args.gpus_per_job or 0))
         print(f"jobs written to {sweep_dir / 'runs'}; submit them as a job array with: sbatch {script}")

@@ -222,13 +222,13 @@ class Trainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = {**self.stopping.initial_state(), **dict(ckpt["state"])}
-        if self.main:
-            torch.set_rng_state(ckpt["torch_rng"])
-            self.gen.set_state(ckpt["sampler_rng"])
+        if self.main:  # random states are CPU tensors, whatever map_location moved them to
+            torch.set_rng_state(ckpt["torch_rng"].cpu())
+            self.gen.set_state(ckpt["sampler_rng"].cpu())
             _truncate_history(self.out / "history.csv", self.state["iteration"])
         elif len(ckpt.get("rank_rng", [])) == self.world:  # saved by as many ranks as now run
-            torch.set_rng_state(ckpt["rank_rng"][self.rank][0])
-            self.gen.set_state(ckpt["rank_rng"][self.rank][1])
+            torch.set_rng_state(ckpt["rank_rng"][self.rank][0].cpu())
+            self.gen.set_state(ckpt["rank_rng"][self.rank][1].cpu())
         else:  # another number of processes: this rank draws anew (still its own stream)
             torch.manual_seed(self.sample_seed + self.state["iteration"])
             self.gen.manual_seed(self.sample_seed + self.state["iteration"])
