@@ -15,7 +15,7 @@ LAYERS = [
     ["__init__", "errors"],
     ["io", "parallel", "crop_plan", "stopping"],   # crop_plan, stopping: pure numbers
     ["config", "phantoms"],
-    ["dataset", "network", "testing", "runtime", "augment", "patches"],   # dataset: owns every path of a work folder; the U-Net; toy data
+    ["dataset", "network", "testing", "runtime", "augment", "patches", "distributed"],   # dataset: owns every path of a work folder; the U-Net; toy data; torchrun
     ["morphology", "evaluation"],        # image-only mask methods; metrics
     ["registration"],                    # register to a template (mask method 'register', standard frame)
     ["preprocessing"],                   # model grid, cache (is given masks and transforms)
@@ -25,6 +25,7 @@ LAYERS = [
     ["predict"],                         # two-stage prediction: mask, then segmentation
     ["export_dicom"],                    # label maps out as DICOM-SEG / RTSTRUCT against the source series
     ["sweep"],
+    ["sweep_backends"],                  # where a sweep's jobs run: local, Ray, a SLURM job array
     ["sweep_stats"],
     ["report"],
     ["demo"],

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import GbmsegError
+from .errors import GbmsegError, Interrupted
 
 
 def _cases(text: str | None) -> list[str] | None:
@@ -63,8 +63,10 @@ def cmd_preprocess(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from . import distributed
     from .config import channels_for_mode, load_config
     from .dataset import split_cases
+    from .network import select_device
     from .preprocessing import preprocess_dataset
     from .training import train
 
@@ -81,11 +83,19 @@ def cmd_train(args) -> None:
         train_cases = [c for c in ds.cases if c not in val_cases]
     ds.check_cases(train_cases, "training case")
     ds.check_cases(val_cases, "validation case")
-    cache = preprocess_dataset(ds, cfg, workers=args.workers, plan_cases=train_cases + val_cases)
-    _warn_coverage(cache, train_cases + val_cases)
-    result = train(cache, args.mode, train_cases, val_cases, cfg, args.output, seed=args.seed, device=args.device)
-    print(json.dumps(result, indent=2))
-    print(f"model written to {args.output}")
+    device = args.device
+    if distributed.requested():  # started by torchrun: join the group before the cache is made (by rank 0)
+        device = str(distributed.setup(select_device(args.device)))
+    cache = distributed.main_first(
+        lambda: preprocess_dataset(ds, cfg, workers=args.workers, plan_cases=train_cases + val_cases,
+                                   progress=distributed.is_main()))
+    main = distributed.is_main()
+    if main:
+        _warn_coverage(cache, train_cases + val_cases)
+    result = train(cache, args.mode, train_cases, val_cases, cfg, args.output, seed=args.seed, device=device)
+    if main:
+        print(json.dumps(result, indent=2))
+        print(f"model written to {args.output}")
 
 
 def _warn_coverage(cache, cases=None) -> None:
@@ -151,7 +161,8 @@ def cmd_phantoms(args) -> None:
 
 def cmd_sweep(args) -> None:
     from .report import make_report
-    from .sweep import plan_sweep, run_sweep
+    from .sweep import plan_sweep, prepare_sweep
+    from .sweep_backends import run, write_slurm_script
 
     from .global_masks import make_dataset_masks
 
@@ -162,11 +173,23 @@ def cmd_sweep(args) -> None:
                            seeds=list(range(args.seeds)), preset=args.preset, overrides=args.set,
                            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                            val=_cases(args.val), test=_cases(args.test))
+    if args.emit == "slurm":
+        prepare_sweep(sweep_dir, workers=args.workers)  # the cache now, so that the array tasks do not race to make it
+        script = write_slurm_script(sweep_dir, args.slurm_opt, cpus_per_job=args.cpus_per_job or 4,
+                                    gpus_per_job=int(args.gpus_per_job or 0))
+        print(f"jobs written to {sweep_dir / 'runs'}; submit them as a job array with: sbatch {script}")
+        return
     if args.plan_only:
         print(f"jobs written to {sweep_dir / 'runs'}; run each with 'gbmseg job JOB_DIR'")
         return
-    run_sweep(sweep_dir, device=args.device, workers=args.workers)
+    options = {k: v for k, v in (("address", args.address), ("cpus_per_job", args.cpus_per_job),
+                                 ("gpus_per_job", args.gpus_per_job)) if v is not None}
+    metrics = run(sweep_dir, backend=args.backend, device=args.device, workers=args.workers, **options)
     print(f"report: {make_report(sweep_dir)}")
+    failed = metrics.attrs.get("failed", {})
+    if failed:
+        raise GbmsegError(f"{len(failed)} job(s) failed (the report covers the others): "
+                          + "; ".join(f"{job}: {msg}" for job, msg in failed.items()))
 
 
 def cmd_job(args) -> None:
@@ -288,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test", help="explicit test cases (with --val)")
     s.add_argument("--mask-method", default="auto", help="used when the dataset has no masks yet")
     s.add_argument("--plan-only", action="store_true", help="write the job folders and stop (for a cluster)")
+    s.add_argument("--emit", choices=["slurm"], help="with --plan-only: also write SWEEP/slurm.sh, a job array")
+    s.add_argument("--slurm-opt", action="append", default=[], metavar="OPTION",
+                   help="an #SBATCH option for --emit slurm, e.g. --slurm-opt=--partition=gpu (repeatable)")
+    s.add_argument("--backend", default="local", help="local (one job after another here) or ray")
+    s.add_argument("--address", help="ray: the cluster to join (default: start a local Ray instance)")
+    s.add_argument("--cpus-per-job", type=int, help="ray, slurm: CPUs (torch threads) per job (default 1; slurm 4)")
+    s.add_argument("--gpus-per-job", type=float, help="ray, slurm: GPUs per job (ray allows fractions; default 0)")
     s.add_argument("--device")
     s.add_argument("-o", "--output", required=True, help="sweep folder")
     s.set_defaults(func=cmd_sweep)
@@ -309,13 +339,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _glue(argv: list[str], option: str) -> list[str]:
+    """``OPTION VALUE`` -> ``OPTION=VALUE``, so that a value starting with '-' (``--slurm-opt --partition=gpu``)
+    is taken as the option's value, as argparse would not."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == option and i + 1 < len(argv):
+            out.append(f"{option}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _glue(list(sys.argv[1:] if argv is None else argv), "--slurm-opt")
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except GbmsegError as exc:
         print(f"gbmseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # a scheduler's signal: checkpoint written; nonzero so the job counts as unfinished
+        print(f"gbmseg {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"gbmseg {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -7,3 +7,19 @@ class GbmsegError(Exception):
     The message always names the file or option concerned. The CLI prints it without a
     traceback and exits with status 2.
     """
+
+
+class Interrupted(Exception):
+    """Training was stopped by a signal (SIGTERM, SIGUSR1: a scheduler's preemption or time limit)
+    after writing its checkpoint; running the same command again resumes from it.
+
+    Not a :class:`GbmsegError` (nothing is wrong with the input): the CLI exits with ``128 + signum``
+    so that a scheduler sees the job as unfinished, and a Ray sweep retries the job.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    def __reduce__(self):  # picklable with its signal number (Ray sends exceptions between processes)
+        return (type(self), (self.signum, str(self)))

@@ -16,7 +16,8 @@ A sweep folder::
 Training subsets are nested per seed: the seed's permutation of the training pool, first N cases,
 so the N=2 set contains the N=1 set. Finished jobs are skipped on restart; an interrupted job
 resumes from its last checkpoint and keeps the predictions already written. ``run_job`` needs
-only the job folder, so the job list can be handed to a cluster scheduler as it is.
+only the job folder, so the job list can be handed to a cluster scheduler as it is
+(:mod:`gbmseg.sweep_backends`: Ray, a SLURM job array).
 
 Example:
     >>> sweep_dir = plan_sweep(Dataset("Dataset001"), "sweeps/head", sizes=[1, 2, 4])  # doctest: +SKIP
@@ -42,8 +43,8 @@ from .predict import load_model, predict_file
 from .preprocessing import cache_key, coverage, coverage_summary, dataset_crop_plan, preprocess_dataset
 from .training import train
 
-__all__ = ["split_cases", "training_subset", "job_id", "plan_sweep", "jobs", "run_job", "run_sweep",
-           "collect_metrics"]
+__all__ = ["split_cases", "training_subset", "job_id", "plan_sweep", "jobs", "run_job", "prepare_sweep",
+           "job_line", "run_sweep", "collect_metrics"]
 
 
 def training_subset(pool: list[str], n: int, seed: int) -> list[str]:
@@ -160,13 +161,13 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
     return summary
 
 
-def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1, progress: bool = True) -> pd.DataFrame:
-    """Run every unfinished job of a sweep (preprocessing first), then return all metrics."""
+def prepare_sweep(sweep_dir: str | Path, workers: int = 1, progress: bool = True) -> list[Path]:
+    """What every backend does before the jobs: the cache (once, for all jobs), crop coverage, mask
+    quality. Returns the unfinished jobs, in run order."""
     sweep_dir = Path(sweep_dir)
     sweep = read_json(sweep_dir / "sweep.json")
     ds = Dataset(sweep["dataset"], work=sweep["work"])
     config = Config.from_dict(sweep["config"], source=str(sweep_dir / "sweep.json"), record=True)
-    todo = jobs(sweep_dir)
     plan_cases = sorted(sweep["split"]["pool"] + sweep["split"]["val"])
     cache = preprocess_dataset(ds, config, workers=workers, progress=progress, plan_cases=plan_cases)
     warnings = coverage_summary(cache, plan_cases)
@@ -176,18 +177,29 @@ def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1
     quality = sweep_dir / "mask_quality.csv"
     if not quality.exists():  # how good the global masks are (Dice against the union of the labels)
         evaluate_masks(ds.mask_dir, ds.label_path(ds.cases[0]).parent, out_csv=quality)
-    finished = sum((j / "done.json").exists() for j in todo)
-    bar = tqdm(total=len(todo), initial=finished, desc="sweep runs", unit="run", disable=not progress)
+    return [j for j in jobs(sweep_dir) if not (j / "done.json").exists()]
+
+
+def job_line(summary: dict) -> str:
+    """The progress line of a finished job."""
+    learned = summary["train"].get("learned", True)
+    return (f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
+            f"({summary['train']['iterations']} iterations, {summary['train']['train_time_s']:.0f} s training)"
+            + ("" if learned else "  DID NOT LEARN (validation Dice never rose)"))
+
+
+def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1, progress: bool = True) -> pd.DataFrame:
+    """Run every unfinished job of a sweep here, one after another (preprocessing first), then return
+    all metrics. Other ways to run the jobs: :mod:`gbmseg.sweep_backends`."""
+    sweep_dir = Path(sweep_dir)
+    todo = prepare_sweep(sweep_dir, workers=workers, progress=progress)
+    total = len(jobs(sweep_dir))
+    bar = tqdm(total=total, initial=total - len(todo), desc="sweep runs", unit="run", disable=not progress)
     for job_dir in todo:
-        if (job_dir / "done.json").exists():
-            continue
         bar.set_postfix_str(job_dir.name)
         summary = run_job(job_dir, device=device, progress=progress)
         bar.update(1)
-        learned = summary["train"].get("learned", True)
-        bar.write(f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
-                  f"({summary['train']['iterations']} iterations, {summary['train']['train_time_s']:.0f} s training)"
-                  + ("" if learned else "  DID NOT LEARN (validation Dice never rose)"))
+        bar.write(job_line(summary))
     bar.close()
     return collect_metrics(sweep_dir)
 

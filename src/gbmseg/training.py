@@ -31,6 +31,8 @@ import json
 import logging
 import platform
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -41,10 +43,10 @@ from monai.metrics import compute_dice
 from tqdm import tqdm
 
 from . import __version__
-from . import runtime
+from . import distributed, runtime
 from .augment import Augmenter
 from .config import RETIRED, Config, TrainingConfig, channels_for_mode
-from .errors import GbmsegError
+from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
 from .network import build_network, select_device
 from .patches import predict_logits, random_patch
@@ -104,8 +106,42 @@ def mean_dice(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> float:
     return float(torch.nanmean(d))
 
 
+class StopSignals:
+    """Within ``with StopSignals() as s:``, SIGTERM and SIGUSR1 only set ``s.received`` (the loop checks it
+    each iteration, writes ``last.pt`` and stops). Handlers are installed only in the main thread (Python
+    allows no other); elsewhere the signals keep their usual effect. The old handlers come back on exit."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.getsignal(s)
+                signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
+        self._old = {}
+
+
 class Trainer:
-    """Holds the model, data and state of one run; :meth:`fit` runs it to the end."""
+    """Holds the model, data and state of one run; :meth:`fit` runs it to the end.
+
+    Started by ``torchrun`` (see :mod:`gbmseg.distributed`), each process is one rank of a
+    DistributedDataParallel run: every rank builds the same initial model (same seed), draws cases,
+    patches and augmentations from its own share of the training cases with its own seed, and the
+    gradients are averaged. Rank 0 alone validates, writes the log, history and checkpoints and
+    decides when to stop; the other ranks receive its decision and state.
+    """
 
     def __init__(self, cache: Path, mode: str, train_cases: list[str], val_cases: list[str],
                  config: Config, out_dir: Path, seed: int = 0, device: str | None = None,
@@ -124,23 +160,33 @@ class Trainer:
             raise GbmsegError(f"{self.cache / 'plan.json'}: this cache was made with other preprocessing settings "
                               "than the run's config; preprocess with this config first")
         self.n_classes = len(self.plan["labels"]) + 1
-        self.device = select_device(device)
+        self.device = distributed.setup(select_device(device))
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        self.sample_seed = seed + 1_000_003 * self.rank  # what each rank draws; the model's init uses seed
         self.runtime = runtime.configure(self.device)
         self.amp_dtype = runtime.amp_dtype(self.device) if self.tcfg.amp else None
         self.out.mkdir(parents=True, exist_ok=True)
-        self.log = _logger(self.out / "train.log")
+        self.log = _logger(self.out / "train.log") if self.main else _silent_logger()
         seed_everything(seed)
-        self.train_data = [case_tensors(self.cache, c) for c in train_cases]
-        self.val_data = [case_tensors(self.cache, c) for c in val_cases]
+        self.train_data = [case_tensors(self.cache, c) for c in distributed.shard(list(train_cases))]
+        self.val_data = [case_tensors(self.cache, c) for c in val_cases] if self.main else []
         self.patch = [int(s) for s in config.preprocessing.size[::-1]]  # (Z, Y, X), the network's largest input
         self.net = build_network(config.network, len(channels_for_mode(mode)), self.n_classes).to(self.device)
+        self.model = self.net  # what the training step calls: the network, or its DDP wrapper
+        if self.world > 1:
+            torch.manual_seed(self.sample_seed)  # same initial weights, own dropout from here on
+            if self.device.type == "cuda":  # batch norm over every rank's case (on CPU, Gloo has no SyncBatchNorm)
+                self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = make_loss(self.tcfg.loss)
-        self.augment = Augmenter(seed) if self.tcfg.augment else None
+        self.augment = Augmenter(self.sample_seed) if self.tcfg.augment else None
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(self.sample_seed)
         self.state = {"iteration": 0, "elapsed": 0.0, **self.stopping.initial_state()}
         self.resolved = {"gbmseg_version": __version__, "mode": mode, "seed": seed,
                          "train_cases": list(train_cases), "val_cases": list(val_cases),
@@ -150,13 +196,20 @@ class Trainer:
                          "config": config.to_dict(), "device": str(self.device),
                          "amp": str(self.amp_dtype) if self.amp_dtype else None, "runtime": self.runtime,
                          "torch": torch.__version__, "python": platform.python_version(),
+                         "processes": self.world,
                          "host": platform.node(), "cache": str(self.cache)}
 
     # -- checkpoints -------------------------------------------------------------------------
     def _save_last(self) -> None:
+        """Write ``last.pt`` (rank 0; every rank must call it: the ranks' random states are gathered)."""
+        rngs = distributed.gather((torch.get_rng_state(), self.gen.get_state()))
+        if not self.main:
+            return
         ckpt = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict(), "state": dict(self.state),
                 "torch_rng": torch.get_rng_state(), "sampler_rng": self.gen.get_state()}
+        if self.world > 1:
+            ckpt["rank_rng"] = rngs
         with atomic_path(self.out / "last.pt") as tmp:
             torch.save(ckpt, tmp)
 
@@ -169,9 +222,16 @@ class Trainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = {**self.stopping.initial_state(), **dict(ckpt["state"])}
-        torch.set_rng_state(ckpt["torch_rng"])
-        self.gen.set_state(ckpt["sampler_rng"])
-        _truncate_history(self.out / "history.csv", self.state["iteration"])
+        if self.main:  # random states are CPU tensors, whatever map_location moved them to
+            torch.set_rng_state(ckpt["torch_rng"].cpu())
+            self.gen.set_state(ckpt["sampler_rng"].cpu())
+            _truncate_history(self.out / "history.csv", self.state["iteration"])
+        elif len(ckpt.get("rank_rng", [])) == self.world:  # saved by as many ranks as now run
+            torch.set_rng_state(ckpt["rank_rng"][self.rank][0].cpu())
+            self.gen.set_state(ckpt["rank_rng"][self.rank][1].cpu())
+        else:  # another number of processes: this rank draws anew (still its own stream)
+            torch.manual_seed(self.sample_seed + self.state["iteration"])
+            self.gen.manual_seed(self.sample_seed + self.state["iteration"])
         self.log.info("resumed from %s at iteration %d", path, self.state["iteration"])
         return True
 
@@ -185,14 +245,14 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(self.tcfg, it)
         case = self.train_data[int(torch.randint(len(self.train_data), (1,), generator=self.gen))]
-        case = random_patch(case, self.patch, np.random.default_rng([self.seed, it, 1]))
+        case = random_patch(case, self.patch, np.random.default_rng([self.sample_seed, it, 1]))
         if self.augment is not None:
             case = self.augment(case, it)
         x = network_input(case, self.mode).to(self.device, non_blocking=True)
         y = case["label"][None].long().to(self.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self.loss_fn(self.net(x).float(), y)
+            loss = self.loss_fn(self.model(x).float(), y)
         if not torch.isfinite(loss):
             raise GbmsegError(f"training diverged (loss {float(loss)}) at iteration {it}; lower training.lr")
         self.scaler.scale(loss).backward()
@@ -216,8 +276,12 @@ class Trainer:
         return float(np.mean(losses)), float(np.nanmean(dices))
 
     def fit(self) -> dict:
-        """Train until max iterations, early stopping or the optional time budget; return ``result.json``'s content."""
-        write_text(json.dumps(self.resolved, indent=2), self.out / "config.json")
+        """Train until max iterations, early stopping or the optional time budget; return ``result.json``'s content.
+
+        SIGTERM or SIGUSR1 (a scheduler's preemption or time limit) ends the run after the current
+        iteration with ``last.pt`` written, raising :class:`gbmseg.errors.Interrupted`."""
+        if self.main:
+            write_text(json.dumps(self.resolved, indent=2), self.out / "config.json")
         resumed = self._resume()
         t = self.tcfg
         max_it, interval = int(t.max_iterations), int(t.val_interval)
@@ -228,21 +292,30 @@ class Trainer:
         start = time.time() - self.state["elapsed"]
         stop, running = None, []
         bar = tqdm(total=max_it, initial=self.state["iteration"], desc=f"train {self.mode}",
-                   disable=not self.progress, leave=False)
-        while self.state["iteration"] < max_it and stop is None:
-            running.append(self.step())
-            bar.update(1)
-            out_of_time = time.time() - start > budget  # checked every iteration, validated once more
-            if self.state["iteration"] % interval == 0 or self.state["iteration"] == max_it or out_of_time:
-                stop = self._after_interval(running, start) or ("time_budget" if out_of_time else None)
-                running = []
-                bar.set_postfix(val_dice=f"{self.state['best_dice']:.3f}")
+                   disable=not (self.progress and self.main), leave=False)
+        with StopSignals() as signals:
+            while self.state["iteration"] < max_it and stop is None:
+                running.append(self.step())
+                bar.update(1)
+                out_of_time = time.time() - start > budget  # checked every iteration, validated once more
+                signalled, out_of_time = distributed.any_rank([signals.received is not None, out_of_time],
+                                                              self.device)  # every rank decides alike
+                if signalled:
+                    bar.close()
+                    self._interrupt(signals.received or signal.SIGTERM, start)
+                if self.state["iteration"] % interval == 0 or self.state["iteration"] == max_it or out_of_time:
+                    stop = self._after_interval(running, start) or ("time_budget" if out_of_time else None)
+                    running = []
+                    bar.set_postfix(val_dice=f"{self.state['best_dice']:.3f}")
         bar.close()
+        distributed.broadcast_buffers(self.net)  # every rank ends with rank 0's model, running statistics too
         result = {"best_iteration": self.state["best_iteration"], "best_val_dice": self.state["best_dice"],
                   "learned": bool(self.state["learned"]),
                   "iterations": self.state["iteration"], "train_time_s": round(self.state["elapsed"], 2),
                   "time_to_best_s": self.state.get("time_to_best", None),
                   "stop_reason": stop or "max_iterations", "device": str(self.device)}
+        if not self.main:
+            return result
         write_text(json.dumps(result, indent=2), self.out / "result.json")
         plot_history(self.out / "history.csv", self.out / "loss_curve.png")
         if not result["learned"]:
@@ -250,20 +323,35 @@ class Trainer:
         self.log.info("done: %s", result)
         return result
 
-    def _after_interval(self, running: list[float], start: float) -> str | None:
-        val_loss, val_dice = self.validate()
+    def _interrupt(self, signum: int, start: float) -> None:
+        """Write ``last.pt`` now and stop with :class:`Interrupted`."""
         self.state["elapsed"] = time.time() - start
-        it = self.state["iteration"]
-        row = {"iteration": it, "train_loss": float(np.mean(running)) if running else float("nan"),
-               "val_loss": val_loss, "val_dice": val_dice, "wall_s": round(self.state["elapsed"], 2)}
-        _append_history(self.out / "history.csv", row)
-        self.log.info("it %d train_loss %.4f val_loss %.4f val_dice %.4f", it, row["train_loss"], val_loss, val_dice)
-        improved = val_dice > self.state["best_dice"]
-        stop = self.stopping.update(self.state, it, val_dice)
-        if improved:
-            self.state["time_to_best"] = row["wall_s"]
-            with atomic_path(self.out / "model.pt") as tmp:
-                torch.save({"model": self.net.state_dict()}, tmp)
+        self._save_last()
+        it, name = self.state["iteration"], signal.Signals(signum).name
+        self.log.info("stopped by %s at iteration %d; last.pt written", name, it)
+        raise Interrupted(signum, f"{self.out}: stopped by {name} at iteration {it}; {self.out / 'last.pt'} "
+                                  "written, run the same command again to resume")
+
+    def _after_interval(self, running: list[float], start: float) -> str | None:
+        """Validate (rank 0), record, keep the best model; every rank gets rank 0's state and decision."""
+        self.state["elapsed"] = time.time() - start
+        stop = False
+        if self.main:
+            val_loss, val_dice = self.validate()
+            self.state["elapsed"] = time.time() - start
+            it = self.state["iteration"]
+            row = {"iteration": it, "train_loss": float(np.mean(running)) if running else float("nan"),
+                   "val_loss": val_loss, "val_dice": val_dice, "wall_s": round(self.state["elapsed"], 2)}
+            _append_history(self.out / "history.csv", row)
+            self.log.info("it %d train_loss %.4f val_loss %.4f val_dice %.4f", it, row["train_loss"], val_loss,
+                          val_dice)
+            improved = val_dice > self.state["best_dice"]
+            stop = self.stopping.update(self.state, it, val_dice)
+            if improved:
+                self.state["time_to_best"] = row["wall_s"]
+                with atomic_path(self.out / "model.pt") as tmp:
+                    torch.save({"model": self.net.state_dict()}, tmp)
+        stop, self.state = distributed.broadcast((stop, self.state))
         self._save_last()
         return "early_stopping" if stop else None
 
@@ -281,7 +369,10 @@ def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], 
                               "choose another output folder")
     if (out / "result.json").exists() and (out / "model.pt").exists():
         return read_json(out / "result.json")
-    return Trainer(cache, mode, train_cases, val_cases, config, out, seed, device, progress).fit()
+    try:
+        return Trainer(cache, mode, train_cases, val_cases, config, out, seed, device, progress).fit()
+    finally:
+        distributed.teardown()
 
 
 def _without_budget(config: dict) -> dict:
@@ -300,6 +391,13 @@ def _logger(path: Path) -> logging.Logger:
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
+    return log
+
+
+def _silent_logger() -> logging.Logger:
+    """The log of a rank other than 0: rank 0 alone writes ``train.log``."""
+    log = logging.getLogger("gbmseg.train.other_rank")
+    log.disabled = True
     return log
 
 
