@@ -22,7 +22,7 @@ LAYERS = [
     ["training", "inference"],           # the engine; a model applied on its grid
     ["mask_model"],                      # learned whole-organ masks
     ["global_masks"],                    # the one entry point for global masks (method registry)
-    ["predict"],                         # two-stage prediction: mask, then segmentation
+    ["predict", "export_nnunet"],        # two-stage prediction: mask, then segmentation; nnU-Net raw export
     ["sweep"],
     ["sweep_stats"],
     ["report"],

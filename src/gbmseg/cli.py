@@ -134,6 +134,16 @@ def cmd_evaluate(args) -> None:
         print(f"metrics written to {args.output}")
 
 
+def cmd_export_nnunet(args) -> None:
+    from .export_nnunet import export_nnunet, looks_like_nnunet_name
+
+    out = export_nnunet(_dataset(args), args.out, mode=args.mode, cases=_cases(args.cases), link=not args.copy)
+    print(f"nnU-Net v2 raw dataset ({args.mode}) written to {out}")
+    if not looks_like_nnunet_name(out):
+        print(f"note: nnU-Net finds datasets by id in folders named DatasetXXX_Name under $nnUNet_raw; "
+              f"'{out.name}' is not such a name", file=sys.stderr)
+
+
 def cmd_phantoms(args) -> None:
     from .phantoms import write_phantom_dataset
 
@@ -255,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cases", help="comma-separated cases to score (default: every reference with a prediction)")
     s.add_argument("-o", "--output", help="CSV to write (a _summary.csv is written beside it)")
     s.set_defaults(func=cmd_evaluate)
+
+    s = dataset_cmd("export-nnunet", "Write the dataset and its global masks as an nnU-Net v2 raw dataset")
+    s.add_argument("out", help="folder to write, e.g. $nnUNet_raw/Dataset901_HeadGbm (must not exist)")
+    s.add_argument("--mode", default="image+mask", choices=["image+mask", "image", "mask"],
+                   help="input channels: image then mask (default), image only, or mask only")
+    s.add_argument("--cases", help="comma-separated cases to export (default: all)")
+    s.add_argument("--copy", action="store_true", help="copy images and labels (default: hard links where possible)")
+    s.set_defaults(func=cmd_export_nnunet)
 
     s = sub.add_parser("phantoms", help="Write procedural head or heart phantoms as an nnU-Net dataset")
     s.add_argument("--kind", default="head", choices=["head", "heart"])
