@@ -12,10 +12,11 @@ Modes: ``image+mask`` (the image's channels, then the mask), ``image`` (the imag
 no masks needed) and ``mask`` (the mask alone as ``_0000``). The mask channel is named ``noNorm``:
 nnU-Net v2 maps channel names to its normalisation (``nnunetv2/preprocessing/normalization/
 map_channel_name_to_normalization.py``), and ``noNorm`` (``NoNormalization``) keeps 0/1 as they are,
-where an unknown name would z-score the mask per case and ``rescale_to_0_1`` divides by
-``max - min``, which is 0 for a mask that fills the image. nnU-Net still resamples every input
-channel with the image's interpolation (cubic spline in-plane), so in its preprocessed data the
-mask's edge is smooth rather than binary.
+where an unknown name would z-score the mask per case and ``rescale_to_0_1`` would turn a mask
+that fills the image into zeros (it divides by ``max - min``, clipped to 1e-8). Where nnU-Net
+resamples (its target spacing is not the scan's), it treats the mask like any input channel (cubic
+spline), so the mask's edge in its preprocessed data is smooth rather than 0/1; at the scan's own
+spacing it stays 0/1 (``benchmarks/results/export_nnunet.md``).
 
 Images and labels are hard-linked when ``OUT`` is on the dataset's filesystem (no space used; the
 files are never written to), else copied. Everything is written into ``OUT.tmp-<pid>`` and renamed
