@@ -14,7 +14,7 @@ import gbmseg
 LAYERS = [
     ["__init__", "errors"],
     ["io", "parallel", "crop_plan", "stopping"],   # crop_plan, stopping: pure numbers
-    ["config", "phantoms"],
+    ["config", "phantoms", "tracking"],   # tracking: optional MLflow logging of training runs
     ["dataset", "network", "testing", "runtime", "augment", "patches"],   # dataset: owns every path of a work folder; the U-Net; toy data
     ["morphology", "evaluation"],        # image-only mask methods; metrics
     ["registration"],                    # register to a template (mask method 'register', standard frame)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -232,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device")
     s.add_argument("-o", "--output", required=True, help="run directory of the mask model")
+    s.add_argument("--mlflow", action="store_true", help="log the training run(s) to MLflow (as GBMSEG_MLFLOW=1)")
     s.set_defaults(func=cmd_mask_model)
 
     s = dataset_cmd("preprocess", "Resample, crop around the global mask, normalise and cache every case")
@@ -246,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     s.add_argument("-o", "--output", required=True, help="run directory")
+    s.add_argument("--mlflow", action="store_true", help="log the training run(s) to MLflow (as GBMSEG_MLFLOW=1)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("predict", help="Segment an image, a DICOM folder, or a folder of images")
@@ -298,11 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plan-only", action="store_true", help="write the job folders and stop (for a cluster)")
     s.add_argument("--device")
     s.add_argument("-o", "--output", required=True, help="sweep folder")
+    s.add_argument("--mlflow", action="store_true", help="log the training run(s) to MLflow (as GBMSEG_MLFLOW=1)")
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("job", help="Run one job folder of a sweep (what a cluster node runs)")
     s.add_argument("job_dir")
     s.add_argument("--device")
+    s.add_argument("--mlflow", action="store_true", help="log the training run(s) to MLflow (as GBMSEG_MLFLOW=1)")
     s.set_defaults(func=cmd_job)
 
     s = sub.add_parser("report", help="Tables, figures and statistics of a sweep (HTML + Markdown + CSV)")
@@ -320,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "mlflow", False):  # the environment switch, so sweep workers and jobs see it too
+            from .tracking import ENV, make_tracker
+
+            os.environ[ENV] = "1"
+            make_tracker()  # a missing MLflow is an error now, not after preprocessing
         args.func(args)
     except GbmsegError as exc:
         print(f"gbmseg {args.command}: error: {exc}", file=sys.stderr)
