@@ -242,3 +242,17 @@ def test_evaluate_masks(dataset):
     write(np.full(SHAPE, 2, np.uint8), dataset / "masks" / "c2.nii.gz")
     with pytest.raises(GbmsegError, match=r"c2\.nii\.gz"):
         evaluate_masks(dataset / "masks", refs)
+
+
+def test_scores_an_nnunet_prediction_folder(dataset):
+    """nnUNetv2_predict writes <case>.nii.gz (uint8) beside dataset.json, plans.json,
+    predict_from_raw_data_args.json and, with --save_probabilities, <case>.npz and <case>.pkl."""
+    pred = dataset / "nnunet_pred"
+    write(sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "pred" / "c1.nii.gz"))), pred / "c1.nii.gz")
+    for name in ("dataset.json", "plans.json", "predict_from_raw_data_args.json"):
+        (pred / name).write_text(json.dumps({"labels": {"background": 0, "other": 9}}))
+    np.savez_compressed(pred / "c1.npz", probabilities=np.zeros((3, *SHAPE), np.float16))
+    (pred / "c1.pkl").write_bytes(b"\x80\x04N.")
+    df = evaluate_folder(pred, dataset / "Dataset001" / "labelsTr")
+    assert set(df.case) == {"c1"} and df.attrs["left_out"] == ["c2"]
+    assert list(df.structure) == ["brainstem", "eye"] and (df.dice == 1.0).all()

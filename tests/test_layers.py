@@ -14,7 +14,7 @@ import gbmseg
 LAYERS = [
     ["__init__", "errors"],
     ["io", "parallel", "crop_plan", "stopping"],   # crop_plan, stopping: pure numbers
-    ["config", "phantoms"],
+    ["config", "phantoms", "tracking"],   # tracking: optional MLflow logging of training runs
     ["dataset", "network", "testing", "runtime", "augment", "patches", "distributed"],   # dataset: owns every path of a work folder; the U-Net; toy data; torchrun
     ["morphology", "evaluation"],        # image-only mask methods; metrics
     ["registration"],                    # register to a template (mask method 'register', standard frame)
@@ -22,7 +22,7 @@ LAYERS = [
     ["training", "inference"],           # the engine; a model applied on its grid
     ["mask_model"],                      # learned whole-organ masks
     ["global_masks"],                    # the one entry point for global masks (method registry)
-    ["predict"],                         # two-stage prediction: mask, then segmentation
+    ["predict", "export_nnunet"],        # two-stage prediction: mask, then segmentation; nnU-Net raw export
     ["export_dicom"],                    # label maps out as DICOM-SEG / RTSTRUCT against the source series
     ["sweep"],
     ["sweep_backends"],                  # where a sweep's jobs run: local, Ray, a SLURM job array

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -151,6 +152,16 @@ def cmd_evaluate(args) -> None:
         print(f"metrics written to {args.output}")
 
 
+def cmd_export_nnunet(args) -> None:
+    from .export_nnunet import export_nnunet, looks_like_nnunet_name
+
+    out = export_nnunet(_dataset(args), args.out, mode=args.mode, cases=_cases(args.cases), link=not args.copy)
+    print(f"nnU-Net v2 raw dataset ({args.mode}) written to {out}")
+    if not looks_like_nnunet_name(out):
+        print(f"note: nnU-Net finds datasets by id in folders named DatasetXXX_Name under $nnUNet_raw; "
+              f"'{out.name}' is not such a name", file=sys.stderr)
+
+
 def cmd_phantoms(args) -> None:
     from .phantoms import write_phantom_dataset
 
@@ -252,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device")
     s.add_argument("-o", "--output", required=True, help="run directory of the mask model")
+    s.add_argument("--mlflow", action="store_true", help="log the training run(s) to MLflow (as GBMSEG_MLFLOW=1)")
     s.set_defaults(func=cmd_mask_model)
 
     s = dataset_cmd("preprocess", "Resample, crop around the global mask, normalise and cache every case")
@@ -266,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     s.add_argument("-o", "--output", required=True, help="run directory")
+    s.add_argument("--mlflow", action="store_true", help="log the training run(s) to MLflow (as GBMSEG_MLFLOW=1)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("predict", help="Segment an image, a DICOM folder, or a folder of images")
@@ -288,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cases", help="comma-separated cases to score (default: every reference with a prediction)")
     s.add_argument("-o", "--output", help="CSV to write (a _summary.csv is written beside it)")
     s.set_defaults(func=cmd_evaluate)
+
+    s = dataset_cmd("export-nnunet", "Write the dataset and its global masks as an nnU-Net v2 raw dataset")
+    s.add_argument("out", help="folder to write, e.g. $nnUNet_raw/Dataset901_HeadGbm (must not exist)")
+    s.add_argument("--mode", default="image+mask", choices=["image+mask", "image", "mask"],
+                   help="input channels: image then mask (default), image only, or mask only")
+    s.add_argument("--cases", help="comma-separated cases to export (default: all)")
+    s.add_argument("--copy", action="store_true", help="copy images and labels (default: hard links where possible)")
+    s.set_defaults(func=cmd_export_nnunet)
 
     s = sub.add_parser("phantoms", help="Write procedural head or heart phantoms as an nnU-Net dataset")
     s.add_argument("--kind", default="head", choices=["head", "heart"])
@@ -320,11 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus-per-job", type=float, help="ray, slurm: GPUs per job (ray allows fractions; default 0)")
     s.add_argument("--device")
     s.add_argument("-o", "--output", required=True, help="sweep folder")
+    s.add_argument("--mlflow", action="store_true", help="log the training run(s) to MLflow (as GBMSEG_MLFLOW=1)")
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("job", help="Run one job folder of a sweep (what a cluster node runs)")
     s.add_argument("job_dir")
     s.add_argument("--device")
+    s.add_argument("--mlflow", action="store_true", help="log the training run(s) to MLflow (as GBMSEG_MLFLOW=1)")
     s.set_defaults(func=cmd_job)
 
     s = sub.add_parser("report", help="Tables, figures and statistics of a sweep (HTML + Markdown + CSV)")
@@ -357,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = _glue(list(sys.argv[1:] if argv is None else argv), "--slurm-opt")
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "mlflow", False):  # the environment switch, so sweep workers and jobs see it too
+            from .tracking import ENV, make_tracker
+
+            os.environ[ENV] = "1"
+            make_tracker()  # a missing MLflow is an error now, not after preprocessing
         args.func(args)
     except GbmsegError as exc:
         print(f"gbmseg {args.command}: error: {exc}", file=sys.stderr)

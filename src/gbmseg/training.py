@@ -52,6 +52,7 @@ from .network import build_network, select_device
 from .patches import predict_logits, random_patch
 from .preprocessing import load_case, load_plan
 from .stopping import StoppingRule
+from .tracking import make_tracker
 
 HISTORY_FIELDS = ["iteration", "train_loss", "val_loss", "val_dice", "wall_s"]
 
@@ -145,7 +146,7 @@ class Trainer:
 
     def __init__(self, cache: Path, mode: str, train_cases: list[str], val_cases: list[str],
                  config: Config, out_dir: Path, seed: int = 0, device: str | None = None,
-                 progress: bool = True):
+                 progress: bool = True, track: bool | None = None):
         if not train_cases:
             raise GbmsegError("no training cases given")
         if not val_cases:
@@ -154,6 +155,7 @@ class Trainer:
         if overlap:
             raise GbmsegError(f"cases in both training and validation: {', '.join(sorted(overlap))}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
+        self.tracker = make_tracker(track)  # before any work: a missing MLflow is a one-line error now
         self.cfg, self.tcfg, self.seed, self.progress = config, config.training, seed, progress
         self.plan = load_plan(self.cache)
         if self.plan["preprocessing"] != dataclasses.asdict(config.preprocessing):
@@ -163,6 +165,8 @@ class Trainer:
         self.device = distributed.setup(select_device(device))
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
+        if not self.main:
+            self.tracker = make_tracker(False)  # under DDP only rank 0 logs, as it alone writes the run folder
         self.sample_seed = seed + 1_000_003 * self.rank  # what each rank draws; the model's init uses seed
         self.runtime = runtime.configure(self.device)
         self.amp_dtype = runtime.amp_dtype(self.device) if self.tcfg.amp else None
@@ -283,6 +287,16 @@ class Trainer:
         if self.main:
             write_text(json.dumps(self.resolved, indent=2), self.out / "config.json")
         resumed = self._resume()
+        self.tracker.start(self.out, self.resolved, resumed)
+        try:
+            result = self._loop(resumed)
+        except BaseException as exc:
+            self.tracker.end(self.out, {}, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        self.tracker.end(self.out, result)
+        return result
+
+    def _loop(self, resumed: bool) -> dict:
         t = self.tcfg
         max_it, interval = int(t.max_iterations), int(t.val_interval)
         budget = t.max_time_s or float("inf")
@@ -343,6 +357,7 @@ class Trainer:
             row = {"iteration": it, "train_loss": float(np.mean(running)) if running else float("nan"),
                    "val_loss": val_loss, "val_dice": val_dice, "wall_s": round(self.state["elapsed"], 2)}
             _append_history(self.out / "history.csv", row)
+            self.tracker.validation(row)
             self.log.info("it %d train_loss %.4f val_loss %.4f val_dice %.4f", it, row["train_loss"], val_loss,
                           val_dice)
             improved = val_dice > self.state["best_dice"]
@@ -357,8 +372,11 @@ class Trainer:
 
 
 def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], config: Config,
-          out_dir: Path, seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
-    """Train (or resume, or skip if finished) one run; returns the content of ``result.json``."""
+          out_dir: Path, seed: int = 0, device: str | None = None, progress: bool = True,
+          track: bool | None = None) -> dict:
+    """Train (or resume, or skip if finished) one run; returns the content of ``result.json``.
+
+    ``track``: log the run to MLflow (:mod:`gbmseg.tracking`); ``None`` (default) follows ``GBMSEG_MLFLOW``."""
     out = Path(out_dir)
     if (out / "config.json").exists():
         old = read_json(out / "config.json")
@@ -370,7 +388,7 @@ def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], 
     if (out / "result.json").exists() and (out / "model.pt").exists():
         return read_json(out / "result.json")
     try:
-        return Trainer(cache, mode, train_cases, val_cases, config, out, seed, device, progress).fit()
+        return Trainer(cache, mode, train_cases, val_cases, config, out, seed, device, progress, track).fit()
     finally:
         distributed.teardown()
 
