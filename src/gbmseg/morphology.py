@@ -66,6 +66,18 @@ def clean(fg: np.ndarray, opening_vox: int, error: str) -> np.ndarray:
     return fill_holes(fg)
 
 
+def mask_volume_ml(mask: sitk.Image) -> float:
+    """Volume of the non-zero voxels of ``mask`` in millilitres (cm^3).
+
+    Example:
+        >>> m = sitk.Image([10, 10, 10], sitk.sitkUInt8) + 1
+        >>> m.SetSpacing((2.0, 2.0, 2.0))
+        >>> mask_volume_ml(m)
+        8.0
+    """
+    return float(np.count_nonzero(to_array(mask))) * float(np.prod(mask.GetSpacing())) / 1000.0
+
+
 def as_mask(fg: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """uint8 0/1 image of a boolean array, with ``reference``'s geometry."""
     return from_array(fg.astype(np.uint8), reference)
