@@ -7,6 +7,7 @@ non-ASCII path with a space) and each bad input is tried through the command lin
 from __future__ import annotations
 
 import json
+import locale
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ from gbmseg.testing import tiny_config, toy_case, write_toy_dataset
 from gbmseg.cli import main
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
-from gbmseg.global_masks import check_mask, expected_modality, make_dataset_masks
+from gbmseg.global_masks import check_mask, check_modality, expected_modality, make_dataset_masks
 from gbmseg.io import check_scan_geometry, writable_problem
 from gbmseg.preprocessing import _read_transform, load_case, preprocess_dataset
 from gbmseg.training import train
@@ -107,14 +108,15 @@ def test_bad_image_is_one_line_and_nothing_is_written(trained, tmp_path, capsys,
 
 def test_body_filling_the_view_is_within_the_volume_range(trained):
     """The border test above fails for the border, not for the volume (20^3 voxels of 4 mm = 512 mL)."""
-    volumes = json.loads((trained["run"] / "config.json").read_text())["mask_volumes_ml"]
-    assert min(volumes.values()) / 3 < 512 < 3 * max(volumes.values())
+    volumes = [s["mask_volume_ml"] for s in json.loads((trained["run"] / "config.json").read_text())["case_stats"].values()]
+    assert min(volumes) / 3 < 512 < 3 * max(volumes)
 
 
-def test_training_records_the_mask_volumes(trained):
-    volumes = json.loads((trained["run"] / "config.json").read_text())["mask_volumes_ml"]
-    assert sorted(volumes) == trained["ds"].cases  # training and validation cases
-    assert all(100 < v < 1000 for v in volumes.values())  # toy bodies: ellipsoids of about 350 mL
+def test_training_records_what_prediction_compares_with(trained):
+    stats = json.loads((trained["run"] / "config.json").read_text())["case_stats"]
+    assert sorted(stats) == trained["ds"].cases  # training and validation cases
+    assert all(100 < s["mask_volume_ml"] < 1000 for s in stats.values())  # toy bodies: ellipsoids of about 350 mL
+    assert all(s["mask_border_sides"] == 0 and s["looks_like"] == "CT" for s in stats.values())
 
 
 def test_mask_method_override_segments_another_modality(trained, tmp_path, capsys):
@@ -162,25 +164,41 @@ def _mask(arr: np.ndarray, spacing: float = 1.0) -> sitk.Image:
     return m
 
 
-@pytest.mark.parametrize("arr,volumes,method,words", [
+def _stats(*volumes: float, sides: int = 0, looks: str = "CT") -> dict:
+    return {f"c{i}": {"mask_volume_ml": v, "mask_border_sides": sides, "looks_like": looks} for i, v in enumerate(volumes)}
+
+
+@pytest.mark.parametrize("arr,stats,method,words", [
     (np.zeros((10, 10, 10)), None, "threshold", "empty"),
     (np.ones((10, 10, 10)), None, "threshold", "six sides"),
-    (np.pad(np.ones((10, 10, 10)), 1), {"a": 10.0}, "threshold", "far outside"),  # 1 mL vs 10 mL
-    (np.pad(np.ones((10, 10, 10)), 1), {"a": 0.1}, "threshold", "far outside"),   # 1 mL vs 0.1 mL
+    (np.pad(np.ones((10, 10, 10)), 1), _stats(10.0), "threshold", "far outside"),  # 1 mL vs 10 mL
+    (np.pad(np.ones((10, 10, 10)), 1), _stats(0.1), "threshold", "far outside"),   # 1 mL vs 0.1 mL
 ])
-def test_check_mask_refuses(arr, volumes, method, words):
+def test_check_mask_refuses(arr, stats, method, words):
     with pytest.raises(GbmsegError, match=words):
-        check_mask(_mask(arr), "case_x", volumes, method)
+        check_mask(_mask(arr), "case_x", stats, method)
 
 
-@pytest.mark.parametrize("arr,volumes,method", [
-    (np.ones((10, 10, 10)), None, "box"),                      # the field of view by design
-    (np.pad(np.ones((10, 10, 10)), 1), {"a": 0.5, "b": 2.5}, "threshold"),  # 1 mL in [0.5/3, 3*2.5]
-    (np.pad(np.ones((10, 10, 10)), 1), {"a": 2.9}, None),       # 1 mL >= 2.9 / 3
-    (np.pad(np.ones((10, 10, 10)), 1), {}, None),               # no recorded volumes: no volume test
+@pytest.mark.parametrize("arr,stats,method", [
+    (np.ones((10, 10, 10)), None, "box"),                            # the field of view by design
+    (np.ones((10, 10, 10)), _stats(1.0, sides=6), "threshold"),     # so were the training masks (clipped CT)
+    (np.pad(np.ones((10, 10, 10)), 1), _stats(0.5, 2.5), "threshold"),  # 1 mL in [0.5/3, 3*2.5]
+    (np.pad(np.ones((10, 10, 10)), 1), _stats(2.9), None),           # 1 mL >= 2.9 / 3
+    (np.pad(np.ones((10, 10, 10)), 1), {}, None),                    # nothing recorded: no volume test
 ])
-def test_check_mask_accepts(arr, volumes, method):
-    check_mask(_mask(arr), "case_x", volumes, method)
+def test_check_mask_accepts(arr, stats, method):
+    check_mask(_mask(arr), "case_x", stats, method)
+
+
+def test_modality_is_judged_against_the_training_images_when_recorded():
+    """A CT with negative values clipped to 0 looks like MR; a model trained on such CTs takes them."""
+    clipped = sitk.GetImageFromArray(np.clip(sitk.GetArrayFromImage(toy_case(3)[0]), 0, None))
+    record = {"method": "threshold", "modality": "CT"}
+    with pytest.raises(GbmsegError, match="looks like MR"):
+        check_modality(record, clipped, "clipped.nii.gz")
+    check_modality(record, clipped, "clipped.nii.gz", _stats(1.0, looks="MR"))
+    with pytest.raises(GbmsegError, match="looks like CT"):
+        check_modality(record, toy_case(3)[0], "ct.nii.gz", _stats(1.0, looks="MR"))
 
 
 @pytest.mark.parametrize("size,spacing,ok", [
@@ -291,7 +309,17 @@ def test_truncated_records_name_the_file(trained, tmp_path, capsys):
 
 # -- DICOM folders and paths ------------------------------------------------------------------------
 def write_dicom_series(image: sitk.Image, folder: Path, uid: str, description: str) -> None:
-    """One CT slice file per z of ``image`` in ``folder``, series ``uid`` with ``description``."""
+    """One CT slice file per z of ``image`` in ``folder``, series ``uid`` with ``description``.
+
+    GDCM's writer sets the process locale to "C" (Python then reads text files as ASCII); it is put back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(image, folder, uid, description)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(image: sitk.Image, folder: Path, uid: str, description: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(image, sitk.sitkInt16)
     writer = sitk.ImageFileWriter()

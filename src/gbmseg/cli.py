@@ -114,7 +114,6 @@ def cmd_predict(args) -> None:
 
     if args.mask and args.mask_method:
         raise GbmsegError("give --mask (a ready mask) or --mask-method (how to make one), not both")
-    _writable(args.output)
     model = load_model(args.model, device=args.device)
     src = Path(args.input)
     if src.is_dir() and not _is_dicom_dir(src):

@@ -99,13 +99,17 @@ def expected_modality(record: dict) -> str | None:
     return (record.get("params") or {}).get("modality") or record.get("modality")
 
 
-def check_modality(record: dict, image: sitk.Image, name: str = "image") -> None:
-    """Raise if ``image`` does not look like the modality ``record``'s masks were made for.
+def check_modality(record: dict, image: sitk.Image, name: str = "image", stats: dict | None = None) -> None:
+    """Raise if ``image`` does not look like the training images (``stats``: case -> ``looks_like``,
+    see :func:`gbmseg.preprocessing.case_stats`) or, where those were not recorded, like the modality
+    ``record``'s masks were made for (:func:`expected_modality`).
 
     CT is recognised by Hounsfield air (at least 1% of voxels below -500,
-    :func:`gbmseg.registration.guess_modality`); anything else counts as MR (any intensity scale).
+    :func:`gbmseg.registration.guess_modality`); anything else counts as MR (any intensity scale), so
+    a CT whose negative values were clipped looks like MR, here and in training alike.
     """
-    expected = expected_modality(record)
+    looks = {s["looks_like"] for s in (stats or {}).values()}
+    expected = looks.pop() if len(looks) == 1 else expected_modality(record)
     if expected is None:
         return
     seen = registration.guess_modality(image)
@@ -116,8 +120,8 @@ def check_modality(record: dict, image: sitk.Image, name: str = "image") -> None
     why = (f"{air:.0%} of its voxels are below -500, Hounsfield air" if seen == "CT"
            else f"not CT: {air:.1%} of its voxels below -500 HU, values {float(arr.min()):.4g} to {float(arr.max()):.4g}")
     other = "threshold" if seen == "CT" else "otsu"
-    raise GbmsegError(f"{name}: looks like {seen} ({why}) but the model makes its global masks for {expected} "
-                      f"('{record['method']}'); give a ready mask (--mask) or another method (--mask-method {other})")
+    raise GbmsegError(f"{name}: looks like {seen} ({why}) but the model's global masks are made for {expected} "
+                      f"images ('{record['method']}'); give a ready mask (--mask) or another method (--mask-method {other})")
 
 
 def record_for_method(record: dict, method: str, image: sitk.Image) -> dict:
@@ -133,29 +137,31 @@ def record_for_method(record: dict, method: str, image: sitk.Image) -> dict:
     return {"method": method, "params": dict(DEFAULTS[method]), "modality": record.get("modality")}
 
 
-def check_mask(mask: sitk.Image, name: str = "image", volumes_ml: dict | None = None,
-               method: str | None = None) -> None:
-    """Raise unless ``mask`` can place a crop: not empty, not the whole field of view (touching the
-    image border on all six sides; not checked for ``box`` masks), and its volume within
-    :data:`VOLUME_RANGE` times the range of the training masks' volumes ``volumes_ml`` (case -> mL).
-    ``method`` is the method that made the mask, ``None`` for a mask the user gave.
+def check_mask(mask: sitk.Image, name: str = "image", stats: dict | None = None, method: str | None = None) -> None:
+    """Raise unless ``mask`` can place a crop: not empty; not the whole field of view (touching the
+    image border on all six sides), unless it is a ``box`` mask or a training case's mask did too;
+    and its volume within :data:`VOLUME_RANGE` times the range of the training masks' volumes.
+    ``stats`` is the run's ``case_stats`` (:func:`gbmseg.preprocessing.case_stats`; ``None``: no
+    volume test); ``method`` the method that made the mask, ``None`` for a mask the user gave.
 
     Example:
         >>> check_mask(sitk.Image([8, 8, 8], sitk.sitkUInt8), "ct_01")
         Traceback (most recent call last):
         ...
-        gbmseg.errors.GbmsegError: ct_01: the global mask is empty; the crop cannot be placed (give a ready mask with --mask)
+        gbmseg.errors.GbmsegError: ct_01: the global mask is empty; the crop cannot be placed (check the mask given with --mask)
     """
     hint = "give a ready mask with --mask" if method else "check the mask given with --mask"
-    arr = to_array(mask) > 0
-    if not arr.any():
+    stats = stats or {}
+    if not (to_array(mask) > 0).any():
         raise GbmsegError(f"{name}: the global mask is empty; the crop cannot be placed ({hint})")
-    if method not in NO_BORDER_CHECK and all(np.take(arr, i, axis=a).any() for a in range(3) for i in (0, -1)):
+    full_view_in_training = any(s["mask_border_sides"] == 6 for s in stats.values())
+    if method not in NO_BORDER_CHECK and not full_view_in_training and morphology.border_sides(mask) == 6:
         raise GbmsegError(f"{name}: the global mask touches the image border on all six sides: it does not outline "
                           f"the anatomy, so the crop would be wrong (wrong modality or image? {hint})")
-    if volumes_ml:
+    if stats:
         volume = morphology.mask_volume_ml(mask)
-        lo, hi = min(volumes_ml.values()), max(volumes_ml.values())
+        lo = min(s["mask_volume_ml"] for s in stats.values())
+        hi = max(s["mask_volume_ml"] for s in stats.values())
         if not VOLUME_RANGE[0] * lo <= volume <= VOLUME_RANGE[1] * hi:
             raise GbmsegError(f"{name}: the global mask is {volume:.4g} mL, far outside the training masks' "
                               f"{lo:.4g}-{hi:.4g} mL, so the crop would be wrong (another anatomy or field of "

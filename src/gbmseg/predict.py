@@ -38,7 +38,7 @@ def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = Non
     """Label map (uint8) for ``image`` with exactly its size, spacing, origin and direction.
 
     The global mask is ``mask`` if given, else made as the model's masks were made (after checking
-    that the image looks like the modality they were made for), or with ``mask_method`` (``auto``,
+    that the image looks like the training images), or with ``mask_method`` (``auto``,
     ``threshold``, ``otsu``, ``box``) if given. Either way it must be plausible
     (:func:`gbmseg.global_masks.check_mask`: not empty, not the whole field of view, a volume near the
     training masks').
@@ -51,10 +51,10 @@ def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = Non
     if mask is None:
         made = record_for_method(rec, mask_method, image) if mask_method else rec
         if not mask_method:
-            check_modality(rec, image, name)
+            check_modality(rec, image, name, model.info.get("case_stats"))
         mask, transform = mask_for_record(made, image, name)
         made_by = made["method"]
-    check_mask(mask, name, model.info.get("mask_volumes_ml"), made_by)
+    check_mask(mask, name, model.info.get("case_stats"), made_by)
     if frame_of(model.config.preprocessing) == "template" and transform is None:
         transform = transform_from_params(image, rec.get("params") or {})
     clock.lap("mask")

@@ -58,7 +58,8 @@ from .config import Config, PreprocessingConfig, canonical_hash, channels_for_mo
 from .dataset import Dataset
 from .errors import GbmsegError
 from .io import atomic_path, read_image, read_json, same_geometry, to_array, write_json
-from .morphology import mask_volume_ml
+from .morphology import border_sides, mask_volume_ml
+from .registration import guess_modality
 from .parallel import parallel_map
 
 CT_OUTSIDE = -1024.0
@@ -369,7 +370,8 @@ def _one_case(args: tuple) -> str:
     with atomic_path(out_dir / f"{case}.npz") as tmp:
         np.savez_compressed(tmp, image=data["image"].astype(np.float16), mask=data["mask"], label=data["label"])
     write_json({"case": case, "grid": data["grid"], "coverage": data["coverage"], "image": str(image_path),
-                "mask": str(mask_path), "label": str(label_path), "mask_volume_ml": round(mask_volume_ml(mask), 3)},
+                "mask": str(mask_path), "label": str(label_path), "mask_volume_ml": round(mask_volume_ml(mask), 3),
+                "mask_border_sides": border_sides(mask), "looks_like": guess_modality(image)},
                out_dir / f"{case}.json")
     return case
 
@@ -425,15 +427,19 @@ def coverage(cache: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def mask_volumes(cache: Path, cases: list[str]) -> dict[str, float]:
-    """Per case of ``cases``, the volume (mL) of its whole global mask, as recorded when it was cached
-    (caches made before volumes were recorded give none)."""
+CASE_STATS = ("mask_volume_ml", "mask_border_sides", "looks_like")
+
+
+def case_stats(cache: Path, cases: list[str]) -> dict[str, dict]:
+    """Per case of ``cases``, what prediction compares a new scan with (recorded when it was cached;
+    caches made before give none): its whole global mask's volume (mL) and how many image sides it
+    touches, and whether the image looks like CT or MR (:func:`gbmseg.registration.guess_modality`)."""
     out = {}
     for case in cases:
         path = Path(cache) / f"{case}.json"
-        volume = read_json(path).get("mask_volume_ml") if path.exists() else None
-        if volume is not None:
-            out[case] = float(volume)
+        rec = read_json(path) if path.exists() else {}
+        if all(k in rec for k in CASE_STATS):
+            out[case] = {k: rec[k] for k in CASE_STATS}
     return out
 
 

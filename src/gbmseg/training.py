@@ -11,7 +11,8 @@ iterations; ``max_time_s`` is an optional wall-time cap.
 
 A run directory holds everything about one training run::
 
-    config.json        resolved config, mode, labels, mask record, cases, seed, versions, device
+    config.json        resolved config, mode, labels, mask record, cases, seed, versions, device,
+                       per training case its mask's volume and border contact and its modality's look
     train.log          log
     history.csv        iteration, train_loss, val_loss, val_dice, wall_s (one row per validation)
     last.pt            latest state (model, optimizer, RNG, counters): resume after interruption
@@ -48,7 +49,7 @@ from .errors import GbmsegError
 from .io import atomic_path, read_json, write_text
 from .network import build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits, random_patch
-from .preprocessing import load_case, load_plan, mask_volumes
+from .preprocessing import case_stats, load_case, load_plan
 from .stopping import StoppingRule
 
 HISTORY_FIELDS = ["iteration", "train_loss", "val_loss", "val_dice", "wall_s"]
@@ -146,7 +147,7 @@ class Trainer:
                          "train_cases": list(train_cases), "val_cases": list(val_cases),
                          "labels": self.plan["labels"], "modality": self.plan["modality"],
                          "masks": self.plan["masks"], "crop_plan": self.plan.get("crop_plan"),
-                         "mask_volumes_ml": mask_volumes(self.cache, list(train_cases) + list(val_cases)),
+                         "case_stats": case_stats(self.cache, list(train_cases) + list(val_cases)),
                          "channels": list(channels_for_mode(mode)),
                          "config": config.to_dict(), "device": str(self.device),
                          "amp": str(self.amp_dtype) if self.amp_dtype else None, "runtime": self.runtime,
