@@ -23,9 +23,21 @@ def _cases(text: str | None) -> list[str] | None:
 
 
 def _dataset(args):
+    """The dataset of a command that writes into its work folder (checked writable first)."""
     from .dataset import Dataset
 
-    return Dataset(args.dataset, work=args.work)
+    ds = Dataset(args.dataset, work=args.work)
+    ds.check_writable()
+    return ds
+
+
+def _writable(*paths) -> None:
+    """Check output paths before any work, so a long run does not fail at its last step."""
+    from .io import check_writable
+
+    for path in paths:
+        if path is not None:
+            check_writable(path)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -46,6 +58,7 @@ def cmd_mask_model(args) -> None:
     from .mask_model import train_mask_model
 
     ds = _dataset(args)
+    _writable(args.output)
     result = train_mask_model(ds, args.output, preset=args.preset, overrides=args.set, train_cases=_cases(args.train),
                               val_cases=_cases(args.val), seed=args.seed, device=args.device)
     print(json.dumps(result, indent=2))
@@ -72,6 +85,7 @@ def cmd_train(args) -> None:
     from .training import train
 
     ds = _dataset(args)
+    _writable(args.output)
     channels_for_mode(args.mode)
     cfg = load_config(args.preset, args.set)
     train_cases, val_cases = _cases(args.train), _cases(args.val)
@@ -109,20 +123,23 @@ def _warn_coverage(cache, cases=None) -> None:
 def cmd_predict(args) -> None:
     from .predict import load_model, predict_file, predict_folder
 
+    if args.mask and args.mask_method:
+        raise GbmsegError("give --mask (a ready mask) or --mask-method (how to make one), not both")
     src = Path(args.input)
     if args.format != "nifti":
         from .export_dicom import check_dicom_request, predict_dicom
 
         check_dicom_request(src, args.format)  # extra installed, DICOM input: before loading anything
         model = load_model(args.model, device=args.device)
-        print(f"wrote {predict_dicom(model, src, args.output, args.format, args.mask)}")
+        print(f"wrote {predict_dicom(model, src, args.output, args.format, args.mask, series=args.series, mask_method=args.mask_method)}")
         return
     model = load_model(args.model, device=args.device)
     if src.is_dir() and not _is_dicom_dir(src):
-        out = predict_folder(model, src, args.output, mask_dir=args.mask, overwrite=args.overwrite)
+        out = predict_folder(model, src, args.output, mask_dir=args.mask, overwrite=args.overwrite,
+                             mask_method=args.mask_method)
         print(f"{len(out)} segmentations in {args.output}")
     else:
-        print(f"wrote {predict_file(model, src, args.output, args.mask)}")
+        print(f"wrote {predict_file(model, src, args.output, args.mask, series=args.series, mask_method=args.mask_method)}")
 
 
 def _is_dicom_dir(path: Path) -> bool:
@@ -135,6 +152,7 @@ def cmd_evaluate(args) -> None:
     from .evaluation import evaluate_folder, evaluate_masks, summarize
     from .io import read_json
 
+    _writable(args.output)
     if args.masks:
         df = evaluate_masks(args.pred, args.ref, out_csv=args.output)
         print(df.describe().loc[["mean", "std"]].to_string())
@@ -165,6 +183,7 @@ def cmd_export_nnunet(args) -> None:
 def cmd_phantoms(args) -> None:
     from .phantoms import write_phantom_dataset
 
+    _writable(args.output)
     out = write_phantom_dataset(args.output, kind=args.kind, n=args.n, modality=args.modality, seed=args.seed,
                                 spacing=args.spacing, size=args.size, workers=args.workers)
     print(f"{args.n} {args.kind} {args.modality} phantoms written to {out}")
@@ -178,6 +197,7 @@ def cmd_sweep(args) -> None:
     from .global_masks import make_dataset_masks
 
     ds = _dataset(args)
+    _writable(args.output)
     if not ds.mask_record_path.exists():
         make_dataset_masks(ds, args.mask_method, workers=args.workers)
     sweep_dir = plan_sweep(ds, args.output, modes=args.modes.split(","), sizes=[int(n) for n in args.sizes.split(",")],
@@ -206,18 +226,21 @@ def cmd_sweep(args) -> None:
 def cmd_job(args) -> None:
     from .sweep import run_job
 
+    _writable(args.job_dir)
     print(json.dumps(run_job(args.job_dir, device=args.device), indent=2))
 
 
 def cmd_report(args) -> None:
     from .report import make_report
 
+    _writable(args.output or Path(args.sweep_dir) / "report")
     print(f"report: {make_report(args.sweep_dir, args.output)}")
 
 
 def cmd_demo(args) -> None:
     from .demo import dice_table, run_demo
 
+    _writable(args.output)
     report = run_demo(args.output, device=args.device)
     print(dice_table(Path(args.output) / "sweep"))
     print(f"report: {report}")
@@ -286,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-i", "--input", required=True, help="image file, DICOM series folder, or folder of images")
     s.add_argument("-o", "--output", required=True, help="output file (or folder in folder mode)")
     s.add_argument("--mask", help="ready global mask (file, or folder of <case>.nii.gz in folder mode)")
+    s.add_argument("--mask-method", metavar="METHOD",
+                   help="make the global mask with auto, threshold, otsu or box instead of the model's own method "
+                        "(e.g. a mask-mode model on another modality)")
+    s.add_argument("--series", metavar="UID", help="DICOM folder with several series: the series instance UID to use")
     s.add_argument("--device")
     s.add_argument("--overwrite", action="store_true", help="folder mode: redo existing outputs")
     s.add_argument("--format", default="nifti", choices=["nifti", "dicom-seg", "rtstruct"],

@@ -37,8 +37,9 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from .errors import GbmsegError
-from .io import read_image, read_json, same_geometry, to_array, write_image, write_json, write_transform
+from .errors import GbmsegError, naming
+from .io import (check_scan_geometry, read_image, read_json, same_geometry, to_array, write_image, write_json,
+                 write_transform, writable_problem)
 from .parallel import parallel_map
 
 CT_NAMES = {"ct", "cta", "cect"}
@@ -159,6 +160,22 @@ class Dataset:
     def mask_model_dir(self) -> Path:
         return self.work / "mask_model_data"
 
+    def check_writable(self) -> None:
+        """Raise before any work if the work folder (masks, cache) cannot be written.
+
+        Example:
+            >>> Dataset("/readonly/Dataset001_Head").check_writable()       # doctest: +SKIP
+            Traceback (most recent call last):
+            ...
+            gbmseg.errors.GbmsegError: dataset folder /readonly/Dataset001_Head is not writable; give --work DIR
+        """
+        problem = writable_problem(self.work)
+        if problem is None:
+            return
+        if self.work == self.root:
+            raise GbmsegError(f"dataset folder {self.root} is not writable; give --work DIR")
+        raise GbmsegError(f"work folder {self.work} cannot be written ({problem}); give another --work DIR")
+
     # -- global masks on disk --------------------------------------------------------------------
     def read_mask_record(self) -> dict:
         """The mask record (``masks.json``), or a clear error if masks are missing."""
@@ -229,7 +246,9 @@ class Dataset:
 
 
 def check_image(image: sitk.Image, path: Path) -> None:
-    """Raise if ``image`` holds NaN/inf or is not a numeric scalar image."""
+    """Raise if ``image`` holds NaN/inf, or is too small or has an implausible spacing to be a scan
+    (:func:`gbmseg.io.check_scan_geometry`)."""
+    check_scan_geometry(image, path)
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         arr = to_array(image)
         if not np.isfinite(arr).all():
@@ -266,7 +285,10 @@ def _mask_case(args: tuple) -> str:
     make, image_path, label_path, mask_path, tfm_path, method, params = args
     image = read_image(image_path)
     label = read_image(label_path) if label_path is not None else None
-    mask, transform = make(image, method, params, label)
+    try:
+        mask, transform = make(image, method, params, label)
+    except GbmsegError as exc:
+        raise naming(exc, image_path) from None
     if transform is not None:  # the transform first: a mask on disk means its transform is there too
         write_transform(transform, tfm_path)
     return str(write_image(mask, mask_path))

@@ -23,3 +23,13 @@ class Interrupted(Exception):
 
     def __reduce__(self):  # picklable with its signal number (Ray sends exceptions between processes)
         return (type(self), (self.signum, str(self)))
+
+
+def naming(exc: GbmsegError, name: object) -> GbmsegError:
+    """``exc`` with ``name`` (a file or case) in front, unless its message already starts with it.
+
+    Example:
+        >>> str(naming(GbmsegError("found no foreground"), "ct_01.nii.gz"))
+        'ct_01.nii.gz: found no foreground'
+    """
+    return exc if str(exc).startswith(str(name)) else GbmsegError(f"{name}: {exc}")

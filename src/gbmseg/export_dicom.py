@@ -31,7 +31,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import GbmsegError
-from .io import PathLike, atomic_path, fmt, read_image, same_geometry, to_array
+from .io import PathLike, atomic_path, check_writable, fmt, read_image, same_geometry, to_array
 from .predict import Model, predict_image
 
 __all__ = ["FORMATS", "require_dicom", "is_dicom_series", "segment_colors", "write_dicom_seg", "write_rtstruct",
@@ -74,7 +74,7 @@ def segment_colors(n: int) -> list[tuple[int, int, int]]:
 
 
 # -- the source series ---------------------------------------------------------------------------
-def _source_slices(label: sitk.Image, dicom_dir: PathLike) -> list[tuple[object, int]]:
+def _source_slices(label: sitk.Image, dicom_dir: PathLike, series: str | None = None) -> list[tuple[object, int]]:
     """``(dataset, k)`` per file of the series in ``dicom_dir``: the pydicom dataset (without pixels)
     and the plane ``k`` of ``label`` it lies on, found from the file's own position and orientation.
 
@@ -83,12 +83,12 @@ def _source_slices(label: sitk.Image, dicom_dir: PathLike) -> list[tuple[object,
     """
     _, pydicom = require_dicom()
     dicom_dir = Path(dicom_dir)
-    image = read_image(dicom_dir)  # validates: one series, 3D, one channel
+    image = read_image(dicom_dir, series)  # validates: one series (or the one named), 3D, one channel
     differs = same_geometry(image, label)
     if differs:
         raise GbmsegError(f"{dicom_dir}: the label map is not on this series' grid ({differs})")
     reader = sitk.ImageSeriesReader()
-    files = reader.GetGDCMSeriesFileNames(str(dicom_dir), reader.GetGDCMSeriesIDs(str(dicom_dir))[0])
+    files = reader.GetGDCMSeriesFileNames(str(dicom_dir), series or reader.GetGDCMSeriesIDs(str(dicom_dir))[0])
     if len(files) != label.GetSize()[2]:
         raise GbmsegError(f"{dicom_dir}: {len(files)} file(s) for {label.GetSize()[2]} slices; "
                           "multi-frame DICOM is not supported for DICOM output")
@@ -124,7 +124,8 @@ def _device(model_name: str) -> dict:
 
 # -- DICOM Segmentation ----------------------------------------------------------------------------
 def write_dicom_seg(label: sitk.Image, dicom_dir: PathLike, out_path: PathLike, labels: dict[str, int],
-                    model_name: str = "gbmseg", series_description: str = "gbmseg segmentation") -> Path:
+                    model_name: str = "gbmseg", series_description: str = "gbmseg segmentation",
+                    series: str | None = None) -> Path:
     """Write ``label`` (on the grid of the series in ``dicom_dir``) as a binary DICOM Segmentation
     with one segment per entry of ``labels`` (name -> value, in value order), atomically.
 
@@ -140,7 +141,7 @@ def write_dicom_seg(label: sitk.Image, dicom_dir: PathLike, out_path: PathLike, 
 
     out_path = Path(out_path)
     arr = _check_labels(label, labels, out_path)
-    slices = _source_slices(label, dicom_dir)
+    slices = _source_slices(label, dicom_dir, series)
     frames = np.zeros((len(slices),) + arr.shape[1:], np.uint8)  # segment numbers, one frame per source file
     for number, value in enumerate(labels.values(), start=1):
         for i, (_, k) in enumerate(slices):
@@ -231,7 +232,8 @@ def edge_contours(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def write_rtstruct(label: sitk.Image, dicom_dir: PathLike, out_path: PathLike, labels: dict[str, int],
-                   model_name: str = "gbmseg", series_description: str = "gbmseg structures") -> Path:
+                   model_name: str = "gbmseg", series_description: str = "gbmseg structures",
+                   series: str | None = None) -> Path:
     """Write ``label`` (on the grid of the series in ``dicom_dir``) as an RT Structure Set with one
     ROI per entry of ``labels`` (name -> value), atomically.
 
@@ -250,7 +252,7 @@ def write_rtstruct(label: sitk.Image, dicom_dir: PathLike, out_path: PathLike, l
 
     out_path = Path(out_path)
     arr = _check_labels(label, labels, out_path)
-    slices = _source_slices(label, dicom_dir)
+    slices = _source_slices(label, dicom_dir, series)
     src = slices[0][0]
     now = datetime.now()
     sop_uid = hd.UID()
@@ -338,12 +340,12 @@ def _ds(value: float) -> str:
 
 # -- entry points ----------------------------------------------------------------------------------
 def write_dicom(label: sitk.Image, dicom_dir: PathLike, out_path: PathLike, labels: dict[str, int],
-                fmt: str, model_name: str = "gbmseg") -> Path:
+                fmt: str, model_name: str = "gbmseg", series: str | None = None) -> Path:
     """:func:`write_dicom_seg` (``fmt="dicom-seg"``) or :func:`write_rtstruct` (``fmt="rtstruct"``)."""
     if fmt == "dicom-seg":
-        return write_dicom_seg(label, dicom_dir, out_path, labels, model_name)
+        return write_dicom_seg(label, dicom_dir, out_path, labels, model_name, series=series)
     if fmt == "rtstruct":
-        return write_rtstruct(label, dicom_dir, out_path, labels, model_name)
+        return write_rtstruct(label, dicom_dir, out_path, labels, model_name, series=series)
     raise GbmsegError(f"unknown DICOM format '{fmt}' (choose from dicom-seg, rtstruct)")
 
 
@@ -360,19 +362,22 @@ def check_dicom_request(input_path: PathLike, fmt: str) -> None:
 
 
 def predict_dicom(model: Model, dicom_dir: PathLike, out_path: PathLike, fmt: str,
-                  mask_path: PathLike | None = None) -> Path:
-    """Predict the series in ``dicom_dir`` and write the label map as ``fmt`` (``dicom-seg`` or
-    ``rtstruct``), its structures named by the model's labels.
+                  mask_path: PathLike | None = None, series: str | None = None,
+                  mask_method: str | None = None) -> Path:
+    """Predict the series in ``dicom_dir`` (``series``: its UID where the folder holds several) and
+    write the label map as ``fmt`` (``dicom-seg`` or ``rtstruct``), its structures named by the
+    model's labels. ``mask_path`` / ``mask_method`` as in :func:`gbmseg.predict.predict_image`.
 
     Example:
         >>> predict_dicom(load_model("runs/x"), "ct/", "out/seg.dcm", "dicom-seg")   # doctest: +SKIP
     """
     check_dicom_request(dicom_dir, fmt)
-    image = read_image(dicom_dir)
+    check_writable(out_path)
+    image = read_image(dicom_dir, series)
     mask = read_image(mask_path) if mask_path else None
-    seg = predict_image(model, image, mask, name=str(dicom_dir))
+    seg = predict_image(model, image, mask, name=str(dicom_dir), mask_method=mask_method)
     name = f"gbmseg {model.mode} ({model.config.name})" if getattr(model.config, "name", None) else "gbmseg"
-    return write_dicom(seg, dicom_dir, out_path, dict(model.info["labels"]), fmt, model_name=name[:64])
+    return write_dicom(seg, dicom_dir, out_path, dict(model.info["labels"]), fmt, model_name=name[:64], series=series)
 
 
 # -- reading back onto a grid (checks, benchmarks) -------------------------------------------------

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from . import morphology, registration
 from .dataset import Dataset
-from .errors import GbmsegError
+from .errors import GbmsegError, naming
+from .io import to_array
 from .mask_model import model_hash, predict_organ_mask
 
 
@@ -76,7 +78,94 @@ def mask_for_record(record: dict, image: sitk.Image, name: str = "image") -> tup
     if record["method"] not in IMAGE_METHODS:
         raise GbmsegError(f"{name}: the model was trained on '{record['method']}' masks, which cannot be made "
                           "from the image alone; pass a global mask (--mask)")
-    return make_mask_and_transform(image, record["method"], record.get("params"))
+    try:
+        return make_mask_and_transform(image, record["method"], record.get("params"))
+    except GbmsegError as exc:
+        raise naming(exc, name) from None
+
+
+# -- guards at prediction: is this image what the masks were made for, is its mask plausible ------
+VOLUME_RANGE = (1 / 3, 3.0)  # a mask outside [min/3, 3*max] of the training masks' volumes is wrong
+NO_BORDER_CHECK = ("box",)  # methods whose mask is the field of view by design
+
+
+def expected_modality(record: dict) -> str | None:
+    """``"CT"`` or ``"MR"``: the intensities a mask record's method was made for (``threshold``: CT HU;
+    ``otsu``, ``register``, ``model``: the training dataset's modality); ``None`` for ``box``, ``labels``."""
+    if record["method"] == "threshold":
+        return "CT"
+    if record["method"] in ("box", "labels"):
+        return None
+    return (record.get("params") or {}).get("modality") or record.get("modality")
+
+
+def check_modality(record: dict, image: sitk.Image, name: str = "image", stats: dict | None = None) -> None:
+    """Raise if ``image`` does not look like the training images (``stats``: case -> ``looks_like``,
+    see :func:`gbmseg.preprocessing.case_stats`) or, where those were not recorded, like the modality
+    ``record``'s masks were made for (:func:`expected_modality`).
+
+    CT is recognised by Hounsfield air (at least 1% of voxels below -500,
+    :func:`gbmseg.registration.guess_modality`); anything else counts as MR (any intensity scale), so
+    a CT whose negative values were clipped looks like MR, here and in training alike.
+    """
+    looks = {s["looks_like"] for s in (stats or {}).values()}
+    expected = looks.pop() if len(looks) == 1 else expected_modality(record)
+    if expected is None:
+        return
+    seen = registration.guess_modality(image)
+    if seen == expected:
+        return
+    arr = to_array(image)
+    air = float(np.mean(arr < -500))
+    why = (f"{air:.0%} of its voxels are below -500, Hounsfield air" if seen == "CT"
+           else f"not CT: {air:.1%} of its voxels below -500 HU, values {float(arr.min()):.4g} to {float(arr.max()):.4g}")
+    other = "threshold" if seen == "CT" else "otsu"
+    raise GbmsegError(f"{name}: looks like {seen} ({why}) but the model's global masks are made for {expected} "
+                      f"images ('{record['method']}'); give a ready mask (--mask) or another method (--mask-method {other})")
+
+
+def record_for_method(record: dict, method: str, image: sitk.Image) -> dict:
+    """The mask record with its method replaced by ``method`` (``auto``: threshold if ``image`` looks
+    like CT, else otsu) and that method's default parameters; ``record`` itself for the same method."""
+    if method == "auto":
+        method = "threshold" if registration.guess_modality(image) == "CT" else "otsu"
+    if method == record["method"]:
+        return record
+    if method not in morphology.METHODS or method in LABEL_METHODS:
+        raise GbmsegError(f"--mask-method '{method}': choose auto, threshold, otsu or box "
+                          "(other methods need files: give a ready mask with --mask)")
+    return {"method": method, "params": dict(DEFAULTS[method]), "modality": record.get("modality")}
+
+
+def check_mask(mask: sitk.Image, name: str = "image", stats: dict | None = None, method: str | None = None) -> None:
+    """Raise unless ``mask`` can place a crop: not empty; not the whole field of view (touching the
+    image border on all six sides), unless it is a ``box`` mask or a training case's mask did too;
+    and its volume within :data:`VOLUME_RANGE` times the range of the training masks' volumes.
+    ``stats`` is the run's ``case_stats`` (:func:`gbmseg.preprocessing.case_stats`; ``None``: no
+    volume test); ``method`` the method that made the mask, ``None`` for a mask the user gave.
+
+    Example:
+        >>> check_mask(sitk.Image([8, 8, 8], sitk.sitkUInt8), "ct_01")
+        Traceback (most recent call last):
+        ...
+        gbmseg.errors.GbmsegError: ct_01: the global mask is empty; the crop cannot be placed (check the mask given with --mask)
+    """
+    hint = "give a ready mask with --mask" if method else "check the mask given with --mask"
+    stats = stats or {}
+    if not (to_array(mask) > 0).any():
+        raise GbmsegError(f"{name}: the global mask is empty; the crop cannot be placed ({hint})")
+    full_view_in_training = any(s["mask_border_sides"] == 6 for s in stats.values())
+    if method not in NO_BORDER_CHECK and not full_view_in_training and morphology.border_sides(mask) == 6:
+        raise GbmsegError(f"{name}: the global mask touches the image border on all six sides: it does not outline "
+                          f"the anatomy, so the crop would be wrong (wrong modality or image? {hint})")
+    if stats:
+        volume = morphology.mask_volume_ml(mask)
+        lo = min(s["mask_volume_ml"] for s in stats.values())
+        hi = max(s["mask_volume_ml"] for s in stats.values())
+        if not VOLUME_RANGE[0] * lo <= volume <= VOLUME_RANGE[1] * hi:
+            raise GbmsegError(f"{name}: the global mask is {volume:.4g} mL, far outside the training masks' "
+                              f"{lo:.4g}-{hi:.4g} mL, so the crop would be wrong (another anatomy or field of "
+                              f"view? {hint})")
 
 
 def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | None = None,

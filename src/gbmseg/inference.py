@@ -16,12 +16,12 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from .dataset import check_image
 from .config import Config
 from .errors import GbmsegError
 from .io import read_json
 from . import runtime
-from .network import UNet3D, build_network, select_device
+from . import __version__
+from .network import UNet3D, build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits
 from .preprocessing import preprocess_image, stack_inputs, to_original_geometry
 
@@ -47,24 +47,52 @@ def load_model(run_dir: str | Path, device: str | None = None) -> Model:
     for p in (cfg_path, weights):
         if not p.exists():
             raise GbmsegError(f"{p}: not found; is {run_dir} a finished training run?")
-    info = read_json(cfg_path)
+    info = read_run_record(cfg_path)
     config = Config.from_dict(info["config"], source=str(cfg_path), record=True)
     dev = select_device(device)
     runtime.configure(dev)
     net = build_network(config.network, len(info["channels"]), len(info["labels"]) + 1)
-    net.load_state_dict(torch.load(weights, map_location=dev, weights_only=True)["model"])
+    made_by = info.get("gbmseg_version", "an unknown version")
+    load_weights(net, load_checkpoint(weights, dev, hint="; copy or train the model again")["model"], weights,
+                 f"{cfg_path.name} (made by gbmseg {made_by}, this is {__version__})", info["channels"])
     return Model(net.to(dev).eval(), info, dev, config)
+
+
+RUN_KEYS = ("config", "mode", "channels", "labels", "modality", "masks")
+
+
+def read_run_record(path: Path) -> dict:
+    """A run's ``config.json``, checked: the keys prediction needs, and not from a newer gbmseg
+    (whose records this version may misread)."""
+    info = read_json(path)
+    missing = [k for k in RUN_KEYS if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise GbmsegError(f"{path}: not a gbmseg training record (missing {', '.join(missing)})")
+    made_by = str(info.get("gbmseg_version", "0"))
+    if _major_minor(made_by) > _major_minor(__version__):
+        raise GbmsegError(f"{path}: made by gbmseg {made_by}, newer than this gbmseg {__version__}; upgrade gbmseg")
+    return info
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    """``"0.2.1"`` -> ``(0, 2)``; anything unparsable counts as ``(0,)``."""
+    parts = []
+    for p in version.split(".")[:2]:
+        if not p.isdigit():
+            break
+        parts.append(int(p))
+    return tuple(parts) or (0,)
 
 
 def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.Transform | None = None,
             name: str = "image", timings: dict | None = None) -> sitk.Image:
     """Label map (uint8) of ``image`` given its global ``mask`` (and, for models trained in the
     template's standard frame, its registration ``transform``), with exactly the image's geometry.
+    The image is not checked here (see :func:`gbmseg.predict.predict_image`).
 
     ``timings``, if given, receives the seconds spent in ``resample`` (onto the model grid),
     ``network`` and ``resample_back``."""
     clock = Stopwatch(timings)
-    check_image(image, Path(name))
     mask = sitk.Cast(mask > 0, sitk.sitkUInt8) if mask.GetPixelID() != sitk.sitkUInt8 else mask
     prep = model.config.preprocessing
     data = preprocess_image(image, mask, prep, model.info["modality"], name=name, transform=transform,

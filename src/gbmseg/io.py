@@ -27,25 +27,22 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def read_image(path: PathLike) -> sitk.Image:
-    """Read a 3D image from a file (NIfTI, NRRD, MHA, ...) or a DICOM series folder.
+def read_image(path: PathLike, series: str | None = None) -> sitk.Image:
+    """Read a 3D scalar image from a file (NIfTI, NRRD, MHA, ...) or a DICOM series folder.
+
+    A DICOM folder holding several series needs ``series`` (a series instance UID, see
+    :func:`dicom_series`).
 
     Raises:
-        GbmsegError: the file is missing, unreadable, not 3D, or has several components.
+        GbmsegError: the file is missing, unreadable, not 3D, has several components, or the
+            folder holds several DICOM series and ``series`` does not name one.
     """
     path = Path(path)
     if not path.exists():
         raise GbmsegError(f"{path}: file not found")
     try:
         if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise GbmsegError(f"{path}: folder holds no DICOM series")
-            if len(series) > 1:
-                raise GbmsegError(f"{path}: folder holds {len(series)} DICOM series; give one")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-            image = reader.Execute()
+            image = _read_dicom(path, series)
         else:
             image = sitk.ReadImage(str(path))
             if path.name.endswith((".nii", ".nii.gz")):
@@ -54,12 +51,101 @@ def read_image(path: PathLike) -> sitk.Image:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise GbmsegError(f"{path}: cannot read image ({first})") from None
     if image.GetDimension() != 3:
-        raise GbmsegError(f"{path}: expected a 3D image, got {image.GetDimension()}D")
+        raise GbmsegError(f"{path}: expected a 3D scalar image, got a {image.GetDimension()}D image")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise GbmsegError(
-            f"{path}: expected one channel per file, got {image.GetNumberOfComponentsPerPixel()}"
-        )
+        raise GbmsegError(f"{path}: expected a 3D scalar image, got {image.GetNumberOfComponentsPerPixel()} "
+                          "components per voxel (a 4D, RGB or multi-channel image); give one channel per file")
     return image
+
+
+def dicom_series(folder: PathLike) -> list[dict]:
+    """The DICOM series in ``folder``: ``{"uid", "description", "slices"}`` each, in GDCM's order.
+
+    Example:
+        >>> dicom_series("scan_dir")                            # doctest: +SKIP
+        [{'uid': '1.2.826.0.1.3680043.2.1125.1', 'description': 'CT head', 'slices': 40}]
+    """
+    reader = sitk.ImageSeriesReader()
+    out = []
+    for uid in reader.GetGDCMSeriesIDs(str(folder)):
+        files = reader.GetGDCMSeriesFileNames(str(folder), uid)
+        info = sitk.ImageFileReader()
+        info.SetFileName(files[0])
+        info.ReadImageInformation()
+        description = info.GetMetaData("0008|103e").strip() if info.HasMetaDataKey("0008|103e") else ""
+        out.append({"uid": uid, "description": description, "slices": len(files)})
+    return out
+
+
+def _read_dicom(folder: Path, series: str | None) -> sitk.Image:
+    found = dicom_series(folder)
+    if not found:
+        raise GbmsegError(f"{folder}: folder holds no DICOM series")
+    uids = [s["uid"] for s in found]
+    if series is None and len(found) > 1 or series is not None and series not in uids:
+        listed = "; ".join(f"{s['uid']} '{s['description']}' ({s['slices']} slices)" for s in found)
+        what = f"holds {len(found)} DICOM series" if series is None else f"holds no DICOM series '{series}'"
+        raise GbmsegError(f"{folder}: {what}; choose one with --series UID: {listed}")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series or uids[0]))
+    return reader.Execute()
+
+
+MIN_VOXELS = 8  # per axis: fewer is not a scan (a crop would be mostly padding)
+SPACING_RANGE_MM = (0.05, 20.0)  # voxel sizes outside this are a header error, not a scan
+
+
+def check_scan_geometry(image: sitk.Image, path: PathLike) -> None:
+    """Raise unless ``image`` is a plausible scan: at least :data:`MIN_VOXELS` voxels per axis and a
+    spacing within :data:`SPACING_RANGE_MM` (a wrong header would place the crop anywhere).
+
+    Example:
+        >>> check_scan_geometry(sitk.Image([4, 4, 4], sitk.sitkInt16), "tiny.nii.gz")
+        Traceback (most recent call last):
+        ...
+        gbmseg.errors.GbmsegError: tiny.nii.gz: image is only (4, 4, 4) voxels; a scan needs at least 8 per axis
+    """
+    size = image.GetSize()
+    if min(size) < MIN_VOXELS:
+        raise GbmsegError(f"{path}: image is only {tuple(size)} voxels; a scan needs at least {MIN_VOXELS} per axis")
+    lo, hi = SPACING_RANGE_MM
+    spacing = image.GetSpacing()
+    if not all(lo <= s <= hi for s in spacing):
+        raise GbmsegError(f"{path}: voxel spacing {fmt(spacing)} mm is outside {lo}-{hi} mm; "
+                          "the image header is probably wrong")
+
+
+def writable_problem(path: PathLike) -> str | None:
+    """``None`` when ``path`` (a file or folder, existing or not) can be created or written, else why not.
+
+    Looks at the nearest existing folder on the way up; nothing is created.
+    """
+    path = Path(path).absolute()
+    if path.exists():
+        target = path if path.is_dir() else path.parent
+    else:
+        target = path.parent
+        while not target.exists():
+            target = target.parent
+        if not target.is_dir():
+            return f"{target} is a file, not a folder"
+    if not os.access(target, os.W_OK | os.X_OK):
+        return f"{target} is not writable"
+    return None
+
+
+def check_writable(path: PathLike, what: str = "output") -> None:
+    """Raise if ``path`` cannot be written: called before any long work, so a run does not fail at its end.
+
+    Example:
+        >>> check_writable("notes.txt/out.nii.gz")                 # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        gbmseg.errors.GbmsegError: notes.txt/out.nii.gz: cannot write the output here (/home/me/notes.txt is a file, not a folder)
+    """
+    problem = writable_problem(path)
+    if problem:
+        raise GbmsegError(f"{path}: cannot write the {what} here ({problem})")
 
 
 def _check_nifti_finite(path: Path) -> None:

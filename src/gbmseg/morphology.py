@@ -66,6 +66,29 @@ def clean(fg: np.ndarray, opening_vox: int, error: str) -> np.ndarray:
     return fill_holes(fg)
 
 
+def mask_volume_ml(mask: sitk.Image) -> float:
+    """Volume of the non-zero voxels of ``mask`` in millilitres (cm^3).
+
+    Example:
+        >>> m = sitk.Image([10, 10, 10], sitk.sitkUInt8) + 1
+        >>> m.SetSpacing((2.0, 2.0, 2.0))
+        >>> mask_volume_ml(m)
+        8.0
+    """
+    return float(np.count_nonzero(to_array(mask))) * float(np.prod(mask.GetSpacing())) / 1000.0
+
+
+def border_sides(mask: sitk.Image) -> int:
+    """How many of the image's six sides the non-zero voxels of ``mask`` touch (6: the whole field of view).
+
+    Example:
+        >>> border_sides(sitk.Image([4, 4, 4], sitk.sitkUInt8) + 1)
+        6
+    """
+    arr = to_array(mask) > 0
+    return int(sum(np.take(arr, i, axis=a).any() for a in range(3) for i in (0, -1)))
+
+
 def as_mask(fg: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """uint8 0/1 image of a boolean array, with ``reference``'s geometry."""
     return from_array(fg.astype(np.uint8), reference)

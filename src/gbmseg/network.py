@@ -15,10 +15,13 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from .config import NetworkConfig
+from .errors import GbmsegError
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01)}
 NORMS = {"batch": nn.BatchNorm3d, "instance": lambda c: nn.InstanceNorm3d(c, affine=True),
@@ -113,6 +116,53 @@ def build_network(net_cfg: NetworkConfig, in_channels: int, n_classes: int) -> U
     """The U-Net described by a config's ``network`` section."""
     return UNet3D(in_channels, n_classes, depth=net_cfg.depth, base_channels=net_cfg.base_channels,
                   activation=net_cfg.activation, norm=net_cfg.norm, dropout=net_cfg.dropout)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", keys: tuple[str, ...] = ("model",),
+                    hint: str = "") -> dict:
+    """``torch.load(path, weights_only=True)`` of a gbmseg checkpoint (``model.pt``, ``last.pt``) that holds ``keys``.
+
+    A truncated, corrupt or foreign file is one line naming it (and ``hint``, what to do), never a
+    traceback from inside torch.
+
+    Example:
+        >>> state = load_checkpoint("runs/x/model.pt")["model"]                  # doctest: +SKIP
+    """
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a bad file raises RuntimeError, UnpicklingError, EOFError, KeyError, ... by its damage
+        raise GbmsegError(f"{path}: corrupt or truncated checkpoint ({_reason(exc)}){hint}") from None
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise GbmsegError(f"{path}: not a gbmseg checkpoint (no {', '.join(repr(k) for k in missing)}){hint}")
+    return ckpt
+
+
+def load_weights(net: nn.Module, state: dict, path: str | Path, source: str = "the run's config",
+                 channels: list[str] | None = None) -> None:
+    """``net.load_state_dict(state)``; weights of another shape or network are one line naming ``path``
+    and ``source`` (what described ``net``). Another number of input channels (``channels``: their
+    names, as ``source`` gives them) is named as such."""
+    expected = net.state_dict()
+    first = next(iter(expected))
+    got = state.get(first) if isinstance(state, dict) else None
+    want = expected[first].shape[1]
+    if isinstance(got, torch.Tensor) and got.ndim == expected[first].ndim and got.shape[1] != want:
+        names = f" ({', '.join(channels)})" if channels else ""
+        raise GbmsegError(f"{path}: weights take {got.shape[1]} input channel(s) but {source} names {want}{names}; "
+                          "the files come from different runs")
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise GbmsegError(f"{path}: weights do not fit the network {source} describes "
+                          f"({lines[-1][:160] if lines else type(exc).__name__})") from None
+
+
+def _reason(exc: Exception) -> str:
+    """``Type: first sentence`` of an exception, for one-line messages."""
+    text = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def select_device(name: str | None = None) -> torch.device:

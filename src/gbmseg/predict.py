@@ -20,10 +20,11 @@ from pathlib import Path
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from .dataset import check_image
 from .errors import GbmsegError
-from .global_masks import mask_for_record
+from .global_masks import check_mask, check_modality, mask_for_record, record_for_method
 from .inference import Model, Stopwatch, load_model, segment
-from .io import read_image, to_array, write_image
+from .io import check_writable, read_image, write_image
 from .preprocessing import frame_of
 from .registration import transform_from_params
 
@@ -33,17 +34,27 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
 def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = None,
-                  name: str = "image", timings: dict | None = None) -> sitk.Image:
+                  name: str = "image", timings: dict | None = None, mask_method: str | None = None) -> sitk.Image:
     """Label map (uint8) for ``image`` with exactly its size, spacing, origin and direction.
+
+    The global mask is ``mask`` if given, else made as the model's masks were made (after checking
+    that the image looks like the training images), or with ``mask_method`` (``auto``,
+    ``threshold``, ``otsu``, ``box``) if given. Either way it must be plausible
+    (:func:`gbmseg.global_masks.check_mask`: not empty, not the whole field of view, a volume near the
+    training masks').
 
     ``timings``, if given, receives seconds per stage: ``mask``, ``resample``, ``network``, ``resample_back``."""
     clock = Stopwatch(timings)
+    check_image(image, name)
     rec = model.info["masks"]
-    transform = None
+    transform, made_by = None, None
     if mask is None:
-        mask, transform = mask_for_record(rec, image, name)
-    elif not (to_array(mask) > 0).any():
-        raise GbmsegError(f"{name}: the given global mask is empty")
+        made = record_for_method(rec, mask_method, image) if mask_method else rec
+        if not mask_method:
+            check_modality(rec, image, name, model.info.get("case_stats"))
+        mask, transform = mask_for_record(made, image, name)
+        made_by = made["method"]
+    check_mask(mask, name, model.info.get("case_stats"), made_by)
     if frame_of(model.config.preprocessing) == "template" and transform is None:
         transform = transform_from_params(image, rec.get("params") or {})
     clock.lap("mask")
@@ -51,15 +62,18 @@ def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = Non
 
 
 def predict_file(model: Model, image_path: str | Path, out_path: str | Path,
-                 mask_path: str | Path | None = None, timings: dict | None = None) -> Path:
-    """Predict one file (or DICOM folder) and write the label map atomically.
+                 mask_path: str | Path | None = None, timings: dict | None = None, series: str | None = None,
+                 mask_method: str | None = None) -> Path:
+    """Predict one file (or DICOM folder; ``series``: the series UID when it holds several) and write
+    the label map atomically. ``out_path`` is checked to be writable before anything is read.
 
     ``timings``, if given, receives seconds per stage: ``read``, those of :func:`predict_image`, ``write``."""
+    check_writable(out_path)
     clock = Stopwatch(timings)
-    image = read_image(image_path)
+    image = read_image(image_path, series)
     mask = read_image(mask_path) if mask_path else None
     clock.lap("read")
-    seg = predict_image(model, image, mask, name=str(image_path), timings=timings)
+    seg = predict_image(model, image, mask, name=str(image_path), timings=timings, mask_method=mask_method)
     clock = Stopwatch(timings)
     out = write_image(seg, out_path)
     clock.lap("write")
@@ -78,12 +92,13 @@ def _split_name(path: Path) -> tuple[str, str | None]:
 
 
 def predict_folder(model: Model, in_dir: str | Path, out_dir: str | Path, mask_dir: str | Path | None = None,
-                   progress: bool = True, overwrite: bool = False) -> list[Path]:
+                   progress: bool = True, overwrite: bool = False, mask_method: str | None = None) -> list[Path]:
     """Predict every image in ``in_dir`` (``<case>_0000.nii.gz`` or any image file) into ``out_dir/<case>.nii.gz``.
 
     Masks, if given, are ``mask_dir/<case>.nii.gz``. Existing outputs are skipped unless ``overwrite``.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
+    check_writable(out_dir)
     images = sorted(p for p in in_dir.iterdir() if p.name.endswith(IMAGE_SUFFIXES))
     nnunet_cases = {case for case, channel in map(_split_name, images) if channel == "0000"}
     todo = {}  # case -> first-channel file; nnU-Net's other channels (_0001, ...) are skipped
@@ -105,5 +120,5 @@ def predict_folder(model: Model, in_dir: str | Path, out_dir: str | Path, mask_d
         mask = Path(mask_dir) / f"{case}.nii.gz" if mask_dir else None
         if mask is not None and not mask.exists():
             raise GbmsegError(f"{mask}: global mask for '{case}' not found")
-        written.append(predict_file(model, path, out, mask))
+        written.append(predict_file(model, path, out, mask, mask_method=mask_method))
     return written

@@ -58,6 +58,8 @@ from .config import Config, PreprocessingConfig, canonical_hash, channels_for_mo
 from .dataset import Dataset
 from .errors import GbmsegError
 from .io import atomic_path, read_image, read_json, same_geometry, to_array, write_json
+from .morphology import border_sides, mask_volume_ml
+from .registration import guess_modality
 from .parallel import parallel_map
 
 CT_OUTSIDE = -1024.0
@@ -280,7 +282,12 @@ def _read_transform(tfm_path: Path) -> sitk.Transform:
     if not tfm_path.exists():
         raise GbmsegError(f"{tfm_path}: not found; preprocessing.frame 'template' needs masks made with "
                           "'gbmseg masks --method register'")
-    return sitk.ReadTransform(str(tfm_path))
+    try:
+        return sitk.ReadTransform(str(tfm_path))
+    except RuntimeError as exc:
+        reason = (str(exc).strip().splitlines() or ["unreadable"])[-1][:160]
+        raise GbmsegError(f"{tfm_path}: corrupt or truncated transform ({reason}); make the masks again "
+                          "('gbmseg masks --overwrite')") from None
 
 
 def to_original_geometry(pred: np.ndarray, grid: dict, reference: sitk.Image) -> sitk.Image:
@@ -363,7 +370,9 @@ def _one_case(args: tuple) -> str:
     with atomic_path(out_dir / f"{case}.npz") as tmp:
         np.savez_compressed(tmp, image=data["image"].astype(np.float16), mask=data["mask"], label=data["label"])
     write_json({"case": case, "grid": data["grid"], "coverage": data["coverage"], "image": str(image_path),
-                "mask": str(mask_path), "label": str(label_path)}, out_dir / f"{case}.json")
+                "mask": str(mask_path), "label": str(label_path), "mask_volume_ml": round(mask_volume_ml(mask), 3),
+                "mask_border_sides": border_sides(mask), "looks_like": guess_modality(image)},
+               out_dir / f"{case}.json")
     return case
 
 
@@ -418,6 +427,22 @@ def coverage(cache: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+CASE_STATS = ("mask_volume_ml", "mask_border_sides", "looks_like")
+
+
+def case_stats(cache: Path, cases: list[str]) -> dict[str, dict]:
+    """Per case of ``cases``, what prediction compares a new scan with (recorded when it was cached;
+    caches made before give none): its whole global mask's volume (mL) and how many image sides it
+    touches, and whether the image looks like CT or MR (:func:`gbmseg.registration.guess_modality`)."""
+    out = {}
+    for case in cases:
+        path = Path(cache) / f"{case}.json"
+        rec = read_json(path) if path.exists() else {}
+        if all(k in rec for k in CASE_STATS):
+            out[case] = {k: rec[k] for k in CASE_STATS}
+    return out
+
+
 def coverage_summary(cache: Path, cases: list[str] | None = None, threshold: float = LOW_COVERAGE) -> list[str]:
     """Lines for the user: per structure the minimum coverage over ``cases`` (all if ``None``), and
     the cases below ``threshold``. Empty when every structure is at least ``threshold`` inside."""
@@ -445,5 +470,9 @@ def load_case(cache: Path, case: str) -> dict:
     path = Path(cache) / f"{case}.npz"
     if not path.exists():
         raise GbmsegError(f"{path}: case '{case}' is not preprocessed; run 'gbmseg preprocess'")
-    with np.load(path) as z:
-        return {"image": z["image"].astype(np.float32), "mask": z["mask"], "label": z["label"]}
+    try:
+        with np.load(path) as z:
+            return {"image": z["image"].astype(np.float32), "mask": z["mask"], "label": z["label"]}
+    except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError by the damage
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise GbmsegError(f"{path}: corrupt or truncated cache file ({reason}); delete it and preprocess again") from None

@@ -74,13 +74,15 @@ def tiny_config(**training) -> Config:
 
 
 def write_dicom_series(image: sitk.Image, folder: Path, reverse_files: bool = False,
-                       intercept: float = -1024.0, series_uid: str | None = None) -> list[Path]:
+                       intercept: float = -1024.0, series_uid: str | None = None, description: str = "synthetic CT",
+                       prefix: str = "slice") -> list[Path]:
     """Write ``image`` as a CT DICOM series, one file per slice (``k`` = the image's third index), with
     SimpleITK: stored ``int16`` with ``RescaleIntercept`` (HU = stored + ``intercept``), per-slice
     ``ImagePositionPatient``, ``ImageOrientationPatient`` from the first two direction columns, one
     study, series and frame of reference. A left-handed direction (slices stacked against the normal
     ``row x column``) is written as such: readers sort by position. ``reverse_files`` numbers the files
-    and instances in the opposite order of the positions. For tests and benchmarks, not for clinics.
+    and instances in the opposite order of the positions; ``description`` is the SeriesDescription and
+    ``prefix`` starts the file names (several series in one folder). For tests and benchmarks, not for clinics.
 
     Example:
         >>> image, _ = toy_case(0, size=8)
@@ -106,7 +108,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, reverse_files: bool = Fa
     common = {
         "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL", "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
         "0008|0020": stamp.strftime("%Y%m%d"), "0008|0030": stamp.strftime("%H%M%S"),
-        "0008|0060": "CT", "0008|0070": "gbmseg test series", "0008|103e": "synthetic CT",
+        "0008|0060": "CT", "0008|0070": "gbmseg test series", "0008|103e": description,
         "0010|0010": "Phantom^Test", "0010|0020": "PHANTOM001", "0020|0010": "1",
         "0020|000d": f"{root}{seed}.1", "0020|000e": series_uid, "0020|0052": f"{root}{seed}.3",
         "0020|0011": "1", "0020|0037": iop, "0018|0050": f"{image.GetSpacing()[2]:.6g}",
@@ -127,7 +129,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, reverse_files: bool = Fa
             sl.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in pos))
             sl.SetMetaData("0020|0013", str(number))
             sl.SetMetaData("0008|0018", f"{root}{seed}.4.{k + 1}")
-            path = folder / f"slice_{number:04d}.dcm"
+            path = folder / f"{prefix}_{number:04d}.dcm"
             writer.SetFileName(str(path))
             writer.Execute(sl)
             files.append(path)

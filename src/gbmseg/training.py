@@ -11,7 +11,8 @@ iterations; ``max_time_s`` is an optional wall-time cap.
 
 A run directory holds everything about one training run::
 
-    config.json        resolved config, mode, labels, mask record, cases, seed, versions, device
+    config.json        resolved config, mode, labels, mask record, cases, seed, versions, device,
+                       per training case its mask's volume and border contact and its modality's look
     train.log          log
     history.csv        iteration, train_loss, val_loss, val_dice, wall_s (one row per validation)
     last.pt            latest state (model, optimizer, RNG, counters): resume after interruption
@@ -48,9 +49,9 @@ from .augment import Augmenter
 from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
-from .network import build_network, select_device
+from .network import build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits, random_patch
-from .preprocessing import load_case, load_plan
+from .preprocessing import case_stats, load_case, load_plan
 from .stopping import StoppingRule
 from .tracking import make_tracker
 
@@ -196,6 +197,7 @@ class Trainer:
                          "train_cases": list(train_cases), "val_cases": list(val_cases),
                          "labels": self.plan["labels"], "modality": self.plan["modality"],
                          "masks": self.plan["masks"], "crop_plan": self.plan.get("crop_plan"),
+                         "case_stats": case_stats(self.cache, list(train_cases) + list(val_cases)),
                          "channels": list(channels_for_mode(mode)),
                          "config": config.to_dict(), "device": str(self.device),
                          "amp": str(self.amp_dtype) if self.amp_dtype else None, "runtime": self.runtime,
@@ -221,8 +223,9 @@ class Trainer:
         path = self.out / "last.pt"
         if not path.exists():
             return False
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        self.net.load_state_dict(ckpt["model"])
+        ckpt = load_checkpoint(path, self.device, ("model", "optimizer", "scaler", "state", "torch_rng", "sampler_rng"),
+                               hint="; delete it to start this run again")
+        load_weights(self.net, ckpt["model"], path, "this run's config")
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = {**self.stopping.initial_state(), **dict(ckpt["state"])}
