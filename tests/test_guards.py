@@ -306,6 +306,19 @@ def test_truncated_records_name_the_file(trained, tmp_path, capsys):
     assert f"{job / 'job.json'}: invalid JSON" in _error(capsys, ["job", str(job)])
 
 
+@pytest.mark.parametrize("argv_of, text, expected", [
+    (lambda d: ["job", str(d)], '{"id": "image_n1", "mode": "image"}', "job.json: not a sweep job record (missing dataset"),
+    (lambda d: ["report", str(d)], '{"dataset": "x"}', "sweep.json: not a sweep record (missing work"),
+    (lambda d: ["evaluate", "--pred", str(d), "--ref", str(d), "--labels", str(d / "labels.json")], "[1, 2]",
+     "labels.json: not a dataset.json with labels (missing labels)"),
+])
+def test_valid_json_without_the_needed_keys_is_one_line(tmp_path, capsys, argv_of, text, expected):
+    """A record that parses but lacks what its reader needs names the file and the missing keys."""
+    name = expected.split(":")[0]
+    (tmp_path / name).write_text(text)
+    assert expected in _error(capsys, argv_of(tmp_path))
+
+
 # -- DICOM folders and paths ------------------------------------------------------------------------
 def test_dicom_folder_with_two_series_lists_them_and_series_chooses(trained, tmp_path, capsys):
     folder = trained["base"] / "DICOM Übersicht"

@@ -159,7 +159,7 @@ def cmd_evaluate(args) -> None:
         return
     labels = None
     if args.labels:
-        labels = read_json(args.labels)["labels"]
+        labels = read_json(args.labels, ("labels",), "dataset.json with labels")["labels"]
     df = evaluate_folder(args.pred, args.ref, labels=labels, out_csv=args.output, cases=_cases(args.cases))
     left_out = df.attrs.get("left_out", [])
     print(f"scored {df['case'].nunique()} case(s) that have a prediction"

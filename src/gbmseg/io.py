@@ -201,9 +201,14 @@ def write_json(obj, path: PathLike) -> Path:
     return write_text(json.dumps(obj, indent=2), path)
 
 
-def read_json(path: PathLike):
+def read_json(path: PathLike, required: tuple[str, ...] = (), what: str = "record"):
     """Parse a JSON file. Every JSON record gbmseg reads goes through here: a missing, unreadable,
-    corrupt or truncated file becomes a one-line :class:`GbmsegError` naming the file."""
+    corrupt or truncated file becomes a one-line :class:`GbmsegError` naming the file. With
+    ``required``, the file must hold an object with those keys (else: not a ``what``, missing keys).
+
+    Example:
+        >>> read_json("job.json", required=("mode", "train"), what="sweep job")   # doctest: +SKIP
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -212,9 +217,14 @@ def read_json(path: PathLike):
     except (OSError, UnicodeDecodeError) as exc:
         raise GbmsegError(f"{path}: cannot read ({exc})") from None
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise GbmsegError(f"{path}: invalid JSON, corrupt or truncated ({exc})") from None
+    if required:
+        missing = [k for k in required if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise GbmsegError(f"{path}: not a {what} (missing {', '.join(missing)})")
+    return data
 
 
 def write_transform(transform: sitk.Transform, path: PathLike) -> Path:

@@ -40,6 +40,7 @@ from matplotlib.patches import Patch
 
 from .dataset import Dataset
 from .io import PathLike, atomic_path, read_image, read_json, same_geometry, to_array, write_text
+from .sweep import SWEEP_KEYS
 from .sweep_stats import (ALPHA, COMPARED, MIN_PAIRS, MODE_ORDER, Run, compare, fmt_mean_sd, load_runs, p_text,
                           statement, summarize_metric, time_table)
 
@@ -326,7 +327,7 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
     """Write report.html, report.md, the CSVs and figures of a (possibly partial) sweep; return the HTML path."""
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
-    sweep = read_json(sweep_dir / "sweep.json")
+    sweep = read_json(sweep_dir / "sweep.json", SWEEP_KEYS, "sweep record")
     runs, metrics, unfinished = load_runs(sweep_dir)
     structures = list(sweep["labels"])
     modes = sorted(set(sweep["modes"]) | {r.mode for r in runs},

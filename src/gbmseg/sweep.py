@@ -113,9 +113,13 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
     return out
 
 
+JOB_KEYS = ("id", "dataset", "work", "config", "mode", "n_train", "seed", "train", "val", "test")
+SWEEP_KEYS = ("dataset", "work", "name", "labels", "config", "modes", "sizes", "seeds", "split")
+
+
 def jobs(sweep_dir: str | Path) -> list[Path]:
     """Job folders of a sweep in run order (seeds, then sizes, then modes)."""
-    sweep = read_json(Path(sweep_dir) / "sweep.json")
+    sweep = read_json(Path(sweep_dir) / "sweep.json", SWEEP_KEYS, "sweep record")
     return [Path(sweep_dir) / "runs" / job_id(m, n, s)
             for s in sweep["seeds"] for n in sweep["sizes"] for m in sweep["modes"]]
 
@@ -126,7 +130,7 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
     done = job_dir / "done.json"
     if done.exists():
         return read_json(done)
-    job = read_json(job_dir / "job.json")
+    job = read_json(job_dir / "job.json", JOB_KEYS, "sweep job record")
     ds = Dataset(job["dataset"], work=job["work"])
     config = Config.from_dict(job["config"], source=str(job_dir / "job.json"), record=True)
     masks = ds.read_mask_record()
@@ -165,7 +169,7 @@ def prepare_sweep(sweep_dir: str | Path, workers: int = 1, progress: bool = True
     """What every backend does before the jobs: the cache (once, for all jobs), crop coverage, mask
     quality. Returns the unfinished jobs, in run order."""
     sweep_dir = Path(sweep_dir)
-    sweep = read_json(sweep_dir / "sweep.json")
+    sweep = read_json(sweep_dir / "sweep.json", SWEEP_KEYS, "sweep record")
     ds = Dataset(sweep["dataset"], work=sweep["work"])
     config = Config.from_dict(sweep["config"], source=str(sweep_dir / "sweep.json"), record=True)
     plan_cases = sorted(sweep["split"]["pool"] + sweep["split"]["val"])
