@@ -1,8 +1,9 @@
 """Issue-9 check: the speed levers do not change what a training learns.
 
 Trains the fast preset on head_CT (image+mask, 4 training and 2 validation cases, seed 0) for a fixed
-number of iterations twice, in separate processes: with every lever on (the default) and with none
-(glibc allocator left as it is, every convolution on PyTorch's own path). Records the validation Dice
+number of iterations, in separate processes: with every lever on (the default), with none (glibc
+allocator left as it is, every convolution on PyTorch's own path), and with every lever on but one
+torch thread (a reference: only the order of float sums differs from the default). Records the validation Dice
 at every validation, the seconds per iteration, and the largest difference in validation Dice.
 
     python benchmarks/levers_dice.py [--data ../shared/data] [--iterations 300]
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -23,7 +25,10 @@ from pathlib import Path
 import pandas as pd
 
 HERE = Path(__file__).parent
-SETTINGS = {"all levers (default)": "alloc,split", "no lever": ""}
+# name -> (levers, torch threads; 0 = all cores). The 1-thread run changes only the order of float sums,
+# as the levers do: it shows how far two runs drift apart from rounding alone.
+SETTINGS = {"all levers (default)": ("alloc,split", 0), "no lever": ("", 0),
+            "all levers, 1 thread (rounding only)": ("alloc,split", 1)}
 
 
 def worker(data: Path, levers: str, iterations: int, out: Path) -> None:
@@ -61,11 +66,12 @@ def main() -> None:
         worker(Path(args.data), args.worker[0], int(args.worker[1]), Path(args.worker[2]))
         return
     rows, summary = [], []
-    for name, levers in SETTINGS.items():
-        out = HERE / "work" / "levers" / f"run_{levers or 'none'}_{args.iterations}"
+    for name, (levers, threads) in SETTINGS.items():
+        out = HERE / "work" / "levers" / f"run_{levers or 'none'}_{args.iterations}{f'_t{threads}' if threads else ''}"
         if not (out / "levers.json").exists():
+            env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
             subprocess.run([sys.executable, __file__, "--data", args.data, "--worker", levers, str(args.iterations),
-                            str(out)], check=True)
+                            str(out)], check=True, env=env)
         hist = pd.read_csv(out / "history.csv")
         res = json.loads((out / "levers.json").read_text())
         for r in hist.itertuples():
@@ -76,15 +82,18 @@ def main() -> None:
     df = pd.DataFrame(rows)
     out_dir = HERE / "results"
     df.to_csv(out_dir / "levers_dice.csv", index=False)
-    wide = df.pivot_table(index="iteration", columns="setting", values="val_dice")
-    diff = (wide.iloc[:, 0] - wide.iloc[:, 1]).abs()
+    wide = df.pivot_table(index="iteration", columns="setting", values="val_dice")[list(SETTINGS)]
+    names = list(SETTINGS)
+    diff = (wide[names[0]] - wide[names[1]]).abs()
+    ref = (wide[names[0]] - wide[names[2]]).abs()
     md = ["# Speed levers and what is learned (issue 9)", "",
           f"Machine: {platform.node()} {platform.processor() or platform.machine()}; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
           f"head_CT, fast preset, image+mask, 4 training / 2 validation cases, seed 0, {args.iterations} iterations, "
           "each setting in its own process.", "",
           "## Validation Dice at each validation", "", wide.round(4).to_markdown(), "",
-          f"Largest difference in validation Dice at the same iteration: {diff.max():.4f} "
-          f"(mean {diff.mean():.4f}).", "",
+          f"Largest difference in validation Dice at the same iteration, levers on vs off: {diff.max():.4f} "
+          f"(mean {diff.mean():.4f}); levers on, 2 threads vs 1 thread (rounding only): {ref.max():.4f} "
+          f"(mean {ref.mean():.4f}).", "",
           "## Summary", "", pd.DataFrame(summary).round(4).to_markdown(index=False), ""]
     (out_dir / "levers_dice.md").write_text("\n".join(md))
     print("\n".join(md))
