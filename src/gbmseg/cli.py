@@ -121,6 +121,7 @@ def _warn_coverage(cache, cases=None) -> None:
 
 
 def cmd_predict(args) -> None:
+    from .io import is_dicom_series
     from .predict import load_model, predict_file, predict_folder
 
     if args.mask and args.mask_method:
@@ -134,18 +135,12 @@ def cmd_predict(args) -> None:
         print(f"wrote {predict_dicom(model, src, args.output, args.format, args.mask, series=args.series, mask_method=args.mask_method)}")
         return
     model = load_model(args.model, device=args.device)
-    if src.is_dir() and not _is_dicom_dir(src):
+    if src.is_dir() and not is_dicom_series(src):
         out = predict_folder(model, src, args.output, mask_dir=args.mask, overwrite=args.overwrite,
                              mask_method=args.mask_method)
         print(f"{len(out)} segmentations in {args.output}")
     else:
         print(f"wrote {predict_file(model, src, args.output, args.mask, series=args.series, mask_method=args.mask_method)}")
-
-
-def _is_dicom_dir(path: Path) -> bool:
-    import SimpleITK as sitk
-
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
 def cmd_evaluate(args) -> None:

@@ -31,10 +31,11 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import GbmsegError
-from .io import PathLike, atomic_path, check_writable, fmt, read_image, same_geometry, to_array
+from .io import (PathLike, atomic_path, check_writable, dicom_files, fmt, is_dicom_series, read_image, same_geometry,
+                 to_array)
 from .predict import Model, predict_image
 
-__all__ = ["FORMATS", "require_dicom", "is_dicom_series", "segment_colors", "write_dicom_seg", "write_rtstruct",
+__all__ = ["FORMATS", "require_dicom", "segment_colors", "write_dicom_seg", "write_rtstruct",
            "write_dicom", "check_dicom_request", "predict_dicom", "read_dicom_seg", "read_rtstruct", "edge_contours"]
 
 FORMATS = ("nifti", "dicom-seg", "rtstruct")
@@ -51,12 +52,6 @@ def require_dicom():
     except ImportError as exc:
         raise GbmsegError(f"DICOM output needs highdicom and pydicom ({exc.name} is missing): {EXTRA}") from None
     return highdicom, pydicom
-
-
-def is_dicom_series(path: PathLike) -> bool:
-    """Whether ``path`` is a folder holding at least one DICOM series (as :func:`gbmseg.io.read_image` reads it)."""
-    path = Path(path)
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
 def segment_colors(n: int) -> list[tuple[int, int, int]]:
@@ -87,8 +82,7 @@ def _source_slices(label: sitk.Image, dicom_dir: PathLike, series: str | None = 
     differs = same_geometry(image, label)
     if differs:
         raise GbmsegError(f"{dicom_dir}: the label map is not on this series' grid ({differs})")
-    reader = sitk.ImageSeriesReader()
-    files = reader.GetGDCMSeriesFileNames(str(dicom_dir), series or reader.GetGDCMSeriesIDs(str(dicom_dir))[0])
+    files = dicom_files(dicom_dir, series)
     if len(files) != label.GetSize()[2]:
         raise GbmsegError(f"{dicom_dir}: {len(files)} file(s) for {label.GetSize()[2]} slices; "
                           "multi-frame DICOM is not supported for DICOM output")

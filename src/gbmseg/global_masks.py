@@ -128,7 +128,7 @@ def record_for_method(record: dict, method: str, image: sitk.Image) -> dict:
     """The mask record with its method replaced by ``method`` (``auto``: threshold if ``image`` looks
     like CT, else otsu) and that method's default parameters; ``record`` itself for the same method."""
     if method == "auto":
-        method = "threshold" if registration.guess_modality(image) == "CT" else "otsu"
+        method = resolve_method(method, registration.guess_modality(image))
     if method == record["method"]:
         return record
     if method not in morphology.METHODS or method in LABEL_METHODS:

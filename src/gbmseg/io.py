@@ -58,6 +58,12 @@ def read_image(path: PathLike, series: str | None = None) -> sitk.Image:
     return image
 
 
+def is_dicom_series(path: PathLike) -> bool:
+    """Whether ``path`` is a folder holding at least one DICOM series (as :func:`read_image` reads it)."""
+    path = Path(path)
+    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+
+
 def dicom_series(folder: PathLike) -> list[dict]:
     """The DICOM series in ``folder``: ``{"uid", "description", "slices"}`` each, in GDCM's order.
 
@@ -77,7 +83,13 @@ def dicom_series(folder: PathLike) -> list[dict]:
     return out
 
 
-def _read_dicom(folder: Path, series: str | None) -> sitk.Image:
+def dicom_files(folder: PathLike, series: str | None = None) -> list[str]:
+    """The files of the one DICOM series in ``folder`` (or of ``series``, a series instance UID), in
+    GDCM's slice order.
+
+    Raises:
+        GbmsegError: no series, several and ``series`` not given, or ``series`` not among them (listed).
+    """
     found = dicom_series(folder)
     if not found:
         raise GbmsegError(f"{folder}: folder holds no DICOM series")
@@ -86,8 +98,12 @@ def _read_dicom(folder: Path, series: str | None) -> sitk.Image:
         listed = "; ".join(f"{s['uid']} '{s['description']}' ({s['slices']} slices)" for s in found)
         what = f"holds {len(found)} DICOM series" if series is None else f"holds no DICOM series '{series}'"
         raise GbmsegError(f"{folder}: {what}; choose one with --series UID: {listed}")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series or uids[0]))
+
+
+def _read_dicom(folder: Path, series: str | None) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series or uids[0]))
+    reader.SetFileNames(dicom_files(folder, series))
     return reader.Execute()
 
 
