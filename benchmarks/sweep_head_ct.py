@@ -1,10 +1,16 @@
-"""Issue-3 benchmark: the paper's training-size sweep on head_CT with the fast preset.
+"""Issue-3/8/12 benchmark: the paper's training-size sweep with the fast preset (head_CT by default).
 
-    python benchmarks/sweep_head_ct.py [--data ../shared/data] [--seeds 2] [--sizes 1,2,4,8] [--set k=v ...]
+    python benchmarks/sweep_head_ct.py [--data ../shared/data] [--dataset head_CT] [--seeds 3]
+        [--sizes 1,2,4,8] [--modes image,mask,image+mask] [--n-val 2] [--n-test 2]
+        [--mask-method auto] [--tag NAME] [--set k=v ...] [--plan-only]
 
-Modes image, mask, image+mask x sizes x seeds; 2 validation and 2 test cases (12 cases in all, so
-that N=8 fits). Writes the sweep (resumable) to benchmarks/work/sweep_head_CT and copies the
-report's Markdown and CSVs to benchmarks/results/sweep_head_CT/.
+Modes x sizes x seeds on one fixed split (``--n-val`` validation and ``--n-test`` test cases,
+drawn with split seed 0; 2 + 2 of head_CT's 12 cases so that N=8 fits). Writes the sweep (resumable)
+to benchmarks/work/sweep_<dataset>[_<tag>] and copies the report's Markdown and CSVs to
+benchmarks/results/sweep_<dataset>[_<tag>]/. ``--plan-only`` plans and preprocesses (global masks,
+cache) and stops: the jobs can then be trained elsewhere (benchmarks/gpu_jobs.py) and finished by
+running this again without it. ``--mask-method`` other than auto keeps its masks and cache in
+benchmarks/work/<dataset>_<method>.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 from gbmseg.dataset import Dataset
 from gbmseg.global_masks import make_dataset_masks
 from gbmseg.report import make_report
-from gbmseg.sweep import plan_sweep, run_sweep
+from gbmseg.sweep import plan_sweep, prepare_sweep, run_sweep
 
 HERE = Path(__file__).parent
 
@@ -29,24 +35,37 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     ap.add_argument("--dataset", default="head_CT")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--sizes", default="1,2,4,8")
+    ap.add_argument("--modes", default="image,mask,image+mask")
+    ap.add_argument("--n-val", type=int, default=2)
+    ap.add_argument("--n-test", type=int, default=2)
+    ap.add_argument("--mask-method", default="auto")
     ap.add_argument("--preset", default="fast")
+    ap.add_argument("--tag", default="")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--plan-only", action="store_true")
     args = ap.parse_args()
-    ds = Dataset(Path(args.data) / args.dataset, work=HERE / "work" / args.dataset)
-    make_dataset_masks(ds, "auto")
+    work = HERE / "work" / (args.dataset if args.mask_method == "auto" else f"{args.dataset}_{args.mask_method}")
+    ds = Dataset(Path(args.data) / args.dataset, work=work)
+    if not ds.mask_record_path.exists():
+        make_dataset_masks(ds, args.mask_method)
     n = len(ds.cases)
-    sweep_dir = plan_sweep(ds, HERE / "work" / f"sweep_{args.dataset}", sizes=[int(s) for s in args.sizes.split(",")],
-                           seeds=list(range(args.seeds)), preset=args.preset, overrides=args.set,
-                           val_fraction=2 / n, test_fraction=2 / n)
+    name = f"sweep_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
+    sweep_dir = plan_sweep(ds, HERE / "work" / name, modes=args.modes.split(","),
+                           sizes=[int(s) for s in args.sizes.split(",")], seeds=list(range(args.seeds)),
+                           preset=args.preset, overrides=args.set, val_fraction=args.n_val / n,
+                           test_fraction=args.n_test / n)
+    if args.plan_only:
+        print(f"planned {len(prepare_sweep(sweep_dir))} jobs in {sweep_dir}")
+        return
     start = time.time()
     run_sweep(sweep_dir)
     html = make_report(sweep_dir)
-    out = HERE / "results" / f"sweep_{args.dataset}"
+    out = HERE / "results" / name
     out.mkdir(parents=True, exist_ok=True)
     for f in html.parent.iterdir():
-        if f.suffix in (".md", ".csv"):
+        if f.suffix in (".md", ".csv", ".png"):
             shutil.copy(f, out / f.name)
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     (out / "machine.txt").write_text(f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads, "

@@ -15,7 +15,7 @@ LAYERS = [
     ["__init__", "errors"],
     ["io", "parallel", "crop_plan", "stopping"],   # crop_plan, stopping: pure numbers
     ["config", "phantoms", "tracking"],   # tracking: optional MLflow logging of training runs
-    ["dataset", "network", "testing", "runtime", "augment", "patches", "distributed"],   # dataset: owns every path of a work folder; the U-Net; toy data; torchrun
+    ["dataset", "network", "testing", "runtime", "augment", "patches", "distributed", "channels"],   # channels: what each mode feeds the network; dataset: owns every path of a work folder; the U-Net; toy data; torchrun
     ["morphology", "evaluation"],        # image-only mask methods; metrics
     ["registration"],                    # register to a template (mask method 'register', standard frame)
     ["preprocessing"],                   # model grid, cache (is given masks and transforms)

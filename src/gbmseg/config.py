@@ -25,7 +25,10 @@ from .errors import GbmsegError
 from .io import read_json
 
 PRESET_DIR = Path(__file__).parent / "presets"
-MODES = {"image": ("image",), "mask": ("mask",), "image+mask": ("image", "mask")}
+# mode -> its input channels (made by gbmseg.channels); image+coords and image+sdm are controls that
+# separate what the mask gives (position, shape) from what the image gives
+MODES = {"image": ("image",), "mask": ("mask",), "image+mask": ("image", "mask"),
+         "image+coords": ("image", "coords"), "image+sdm": ("image", "sdm")}
 # keys that older versions wrote into run records and nothing reads: skipped when a record is read
 RETIRED = {"training": {"batch_size"}}
 
@@ -65,6 +68,7 @@ class TrainingConfig:
     warmup: int = 0                       # iterations of linear warm-up
     min_iterations: int = 0               # no early stop before this
     dice_floor: float = 0.05              # patience counts once validation Dice has passed this
+    mask_augment: float = 0.0             # probability per iteration of a perturbed global mask (augment.perturb_mask)
 
 
 SECTIONS = {"preprocessing": PreprocessingConfig, "network": NetworkConfig, "training": TrainingConfig}
@@ -166,7 +170,7 @@ def load_config(preset: str = "fast", overrides: list[str] | None = None) -> Con
 
 
 def channels_for_mode(mode: str) -> tuple[str, ...]:
-    """Input channels of a mode: ``image``, ``mask`` or ``image+mask``."""
+    """Input channels of a mode (:data:`MODES`), e.g. ``("image", "mask")`` for ``image+mask``."""
     if mode not in MODES:
         raise GbmsegError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
     return MODES[mode]

@@ -16,6 +16,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
+from .channels import input_width
 from .config import Config
 from .errors import GbmsegError
 from .io import read_json
@@ -51,7 +52,7 @@ def load_model(run_dir: str | Path, device: str | None = None) -> Model:
     config = Config.from_dict(info["config"], source=str(cfg_path), record=True)
     dev = select_device(device)
     runtime.configure(dev)
-    net = build_network(config.network, len(info["channels"]), len(info["labels"]) + 1)
+    net = build_network(config.network, input_width(info["mode"]), len(info["labels"]) + 1)
     made_by = info.get("gbmseg_version", "an unknown version")
     load_weights(net, load_checkpoint(weights, dev, hint="; copy or train the model again")["model"], weights,
                  f"{cfg_path.name} (made by gbmseg {made_by}, this is {__version__})", info["channels"])
@@ -97,7 +98,7 @@ def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.T
     prep = model.config.preprocessing
     data = preprocess_image(image, mask, prep, model.info["modality"], name=name, transform=transform,
                             plan=model.info.get("crop_plan"))
-    x = torch.from_numpy(stack_inputs(data, model.mode))[None].to(model.device)
+    x = torch.from_numpy(stack_inputs(data, model.mode, prep))[None].to(model.device)
     clock.lap("resample")
     dtype = runtime.amp_dtype(model.device)
     with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):

@@ -54,7 +54,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import crop_plan as cp
-from .config import Config, PreprocessingConfig, canonical_hash, channels_for_mode
+from .channels import stack
+from .config import Config, PreprocessingConfig, canonical_hash
 from .dataset import Dataset
 from .errors import GbmsegError
 from .io import atomic_path, read_image, read_json, same_geometry, to_array, write_json
@@ -318,10 +319,9 @@ def to_original_geometry(pred: np.ndarray, grid: dict, reference: sitk.Image) ->
     return out
 
 
-def stack_inputs(case: dict, mode: str) -> np.ndarray:
-    """Network input ``(C, Z, Y, X)`` of a preprocessed case for ``mode``."""
-    parts = {"image": case["image"], "mask": case["mask"][None].astype(np.float32)}
-    return np.concatenate([parts[c] for c in channels_for_mode(mode)], axis=0)
+def stack_inputs(case: dict, mode: str, prep: PreprocessingConfig) -> np.ndarray:
+    """Network input ``(C, Z, Y, X)`` of a preprocessed case for ``mode`` (:func:`gbmseg.channels.stack`)."""
+    return stack(case, mode, prep.spacing)
 
 
 # -- dataset cache ----------------------------------------------------------------------------

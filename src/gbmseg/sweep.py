@@ -15,7 +15,9 @@ A sweep folder::
 
 Training subsets are nested per seed: the seed's permutation of the training pool, first N cases,
 so the N=2 set contains the N=1 set. Finished jobs are skipped on restart; an interrupted job
-resumes from its last checkpoint and keeps the predictions already written. ``run_job`` needs
+resumes from its last checkpoint and keeps the predictions already written; a job whose
+``train/result.json`` and every test prediction exist is only evaluated (its model need not be
+here: benchmarks/gpu_jobs.py trains and predicts on another machine). ``run_job`` needs
 only the job folder, so the job list can be handed to a cluster scheduler as it is
 (:mod:`gbmseg.sweep_backends`: Ray, a SLURM job array).
 
@@ -62,7 +64,8 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
                sizes: list[int] | None = None, seeds: list[int] | None = None, preset: str = "fast",
                overrides: list[str] | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
                val: list[str] | None = None, test: list[str] | None = None, split_seed: int = 0) -> Path:
-    """Write ``sweep.json`` and one ``job.json`` per run. Re-planning an existing sweep must agree with it."""
+    """Write ``sweep.json`` and one ``job.json`` per run. Re-planning an existing sweep must agree with
+    it, except that it may add modes (e.g. a control or the atlas baseline to a finished sweep)."""
     out = Path(out_dir)
     modes = modes or list(MODES)
     for m in modes:
@@ -92,18 +95,20 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
              "split": split, "masks": dataset.read_mask_record(),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = out / "sweep.json"
-    if path.exists():
+    if path.exists():  # re-planning: the same sweep, or the same with more modes (their jobs are added)
         old = read_json(path)
-        keys = ("dataset", "modes", "sizes", "seeds", "config", "split")
-        if any(old.get(k) != sweep[k] for k in keys):
-            raise GbmsegError(f"{path}: a different sweep already lives here; choose another output folder")
+        keys = ("dataset", "sizes", "seeds", "config", "split")
+        if any(old.get(k) != sweep[k] for k in keys) or not set(old.get("modes", [])) <= set(modes):
+            raise GbmsegError(f"{path}: a different sweep already lives here; choose another output folder "
+                              "(a sweep may only gain modes)")
+        sweep["modes"] = list(old["modes"]) + [m for m in modes if m not in old["modes"]]
         sweep["created"] = old["created"]
     write_json(sweep, path)
     plan_cases = sorted(pool + split["val"])  # a planned crop learns from these, never from the test cases
     key = cache_key(config.preprocessing, sweep["masks"], dataset_crop_plan(dataset, config, plan_cases))
     for seed in seeds:
         for n in capped:
-            for mode in modes:
+            for mode in sweep["modes"]:
                 jid = job_id(mode, n, seed)
                 job = {"id": jid, "mode": mode, "n_train": n, "seed": seed,
                        "train": training_subset(pool, n, seed), "val": split["val"], "test": split["test"],
@@ -143,22 +148,25 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
     if "cache_key" in job and cache.name != f"{config.name}_{job['cache_key']}":
         raise GbmsegError(f"{cache}: is not the cache {job_dir / 'job.json'} was planned with "
                           f"(key {job['cache_key']})")
-    result = train(cache, job["mode"], job["train"], job["val"], config, job_dir / "train",
-                   seed=job["seed"], device=device, progress=progress)
-    model = load_model(job_dir / "train", device=device)
     pred_dir = job_dir / "predictions"
+    todo = [c for c in job["test"] if not (pred_dir / f"{c}.nii.gz").exists()]
     t0 = time.time()
-    for case in job["test"]:
-        out = pred_dir / f"{case}.nii.gz"
-        if not out.exists():
-            predict_file(model, ds.image_path(case), out, mask_path=ds.mask_path(case))
-    predict_s = time.time() - t0
+    if todo or not (job_dir / "train" / "result.json").exists():
+        result = train(cache, job["mode"], job["train"], job["val"], config, job_dir / "train",
+                       seed=job["seed"], device=device, progress=progress)
+        model = load_model(job_dir / "train", device=device)
+        t0 = time.time()
+        for case in todo:
+            predict_file(model, ds.image_path(case), pred_dir / f"{case}.nii.gz", mask_path=ds.mask_path(case))
+    else:  # trained and predicted already (an interrupted job, or one whose training ran elsewhere)
+        result = read_json(job_dir / "train" / "result.json")
+    predict_s = time.time() - t0 if todo else None
     df = evaluate_folder(pred_dir, ds.label_path(job["test"][0]).parent, labels=ds.labels,
                          file_ending=".nii.gz", cases=job["test"])
     df = df.assign(job=job["id"], mode=job["mode"], n_train=job["n_train"], seed=job["seed"])
     write_text(df.to_csv(index=False), job_dir / "metrics.csv")
     summary = {"id": job["id"], "mean_dice": float(df["dice"].mean()), "train": result,
-               "predict_s_per_case": predict_s / max(1, len(job["test"])),
+               "predict_s_per_case": predict_s / len(todo) if todo else None,
                "job_wall_s": time.time() - start,
                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json(summary, done)

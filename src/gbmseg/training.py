@@ -46,6 +46,7 @@ from tqdm import tqdm
 from . import __version__
 from . import distributed, runtime
 from .augment import Augmenter
+from .channels import channel_arrays, input_width
 from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
@@ -88,16 +89,17 @@ def learning_rate(t: TrainingConfig, iteration: int) -> float:
     return t.lr
 
 
-def case_tensors(cache: Path, case: str) -> dict[str, torch.Tensor]:
-    """A cached case as float tensors ``image`` (1, Z, Y, X), ``mask`` and ``label`` (1, Z, Y, X)."""
+def case_tensors(cache: Path, case: str, mode: str, spacing_xyz) -> dict[str, torch.Tensor]:
+    """A cached case as float tensors: the channels of ``mode`` (:mod:`gbmseg.channels`, each
+    ``(width, Z, Y, X)``), and ``label`` (1, Z, Y, X)."""
     data = load_case(cache, case)
-    return {"image": torch.from_numpy(data["image"]),
-            "mask": torch.from_numpy(data["mask"][None].astype(np.float32)),
-            "label": torch.from_numpy(data["label"][None].astype(np.float32))}
+    tensors = {k: torch.from_numpy(v) for k, v in channel_arrays(data, mode, spacing_xyz).items()}
+    tensors["label"] = torch.from_numpy(data["label"][None].astype(np.float32))
+    return tensors
 
 
 def network_input(case: dict[str, torch.Tensor], mode: str) -> torch.Tensor:
-    """``(1, C, Z, Y, X)``: the channels of ``mode`` (image, mask or both)."""
+    """``(1, C, Z, Y, X)``: the channels of ``mode`` stacked (see :mod:`gbmseg.channels`)."""
     return torch.cat([case[c] for c in channels_for_mode(mode)], 0)[None]
 
 
@@ -174,10 +176,11 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = _logger(self.out / "train.log") if self.main else _silent_logger()
         seed_everything(seed)
-        self.train_data = [case_tensors(self.cache, c) for c in distributed.shard(list(train_cases))]
-        self.val_data = [case_tensors(self.cache, c) for c in val_cases] if self.main else []
+        spacing = config.preprocessing.spacing
+        self.train_data = [case_tensors(self.cache, c, mode, spacing) for c in distributed.shard(list(train_cases))]
+        self.val_data = [case_tensors(self.cache, c, mode, spacing) for c in val_cases] if self.main else []
         self.patch = [int(s) for s in config.preprocessing.size[::-1]]  # (Z, Y, X), the network's largest input
-        self.net = build_network(config.network, len(channels_for_mode(mode)), self.n_classes).to(self.device)
+        self.net = build_network(config.network, input_width(mode), self.n_classes).to(self.device)
         self.model = self.net  # what the training step calls: the network, or its DDP wrapper
         if self.world > 1:
             torch.manual_seed(self.sample_seed)  # same initial weights, own dropout from here on
@@ -188,7 +191,8 @@ class Trainer:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = make_loss(self.tcfg.loss)
-        self.augment = Augmenter(self.sample_seed) if self.tcfg.augment else None
+        self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment))
+                        if self.tcfg.augment or self.tcfg.mask_augment else None)
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
         self.gen = torch.Generator().manual_seed(self.sample_seed)
