@@ -9,8 +9,11 @@ A sweep folder::
         train/                   the training run (see :mod:`gbmseg.training`)
         predictions/<case>.nii.gz  test-set predictions in the images' own geometry
         metrics.csv              evaluation rows (+ job, mode, n_train, seed)
+        predictions_<NAME>/, metrics_<NAME>.csv   with --also-test: another dataset's cases
+                                 (see :mod:`gbmseg.cross_modality`)
         done.json                written last: the job is finished
     mask_quality.csv             global masks scored against the union of the labels
+    mask_agreement_<NAME>.csv    with --also-test: the other dataset's masks vs this one's, same case ids
     report/                      written by :mod:`gbmseg.report`
 
 Training subsets are nested per seed: the seed's permutation of the training pool, first N cases,
@@ -35,6 +38,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import MODES, Config, load_config
+from .cross_modality import finish_also_test, mask_agreement, pending, plan_also_test, predict_also_test
 from .dataset import Dataset, split_cases
 from .errors import GbmsegError
 from .evaluation import evaluate_folder, evaluate_masks
@@ -61,8 +65,13 @@ def job_id(mode: str, n: int, seed: int) -> str:
 def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = None,
                sizes: list[int] | None = None, seeds: list[int] | None = None, preset: str = "fast",
                overrides: list[str] | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
-               val: list[str] | None = None, test: list[str] | None = None, split_seed: int = 0) -> Path:
-    """Write ``sweep.json`` and one ``job.json`` per run. Re-planning an existing sweep must agree with it."""
+               val: list[str] | None = None, test: list[str] | None = None, split_seed: int = 0,
+               also_test: list[Dataset] | None = None, also_test_masks: str = "auto") -> Path:
+    """Write ``sweep.json`` and one ``job.json`` per run. Re-planning an existing sweep must agree with it.
+
+    ``also_test``: other datasets (same structures) every job also segments, their masks made with
+    ``also_test_masks`` where they have none (:mod:`gbmseg.cross_modality`). Re-planning may add
+    them to a sweep planned without; planning again without them keeps the ones planned."""
     out = Path(out_dir)
     modes = modes or list(MODES)
     for m in modes:
@@ -90,6 +99,7 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
              "labels": dataset.labels, "modality": dataset.modality, "modes": modes, "sizes": capped,
              "requested_sizes": requested, "seeds": seeds, "preset": preset, "config": config.to_dict(),
              "split": split, "masks": dataset.read_mask_record(),
+             "also_test": plan_also_test(dataset, also_test or [], split, also_test_masks),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = out / "sweep.json"
     if path.exists():
@@ -97,6 +107,11 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
         keys = ("dataset", "modes", "sizes", "seeds", "config", "split")
         if any(old.get(k) != sweep[k] for k in keys):
             raise GbmsegError(f"{path}: a different sweep already lives here; choose another output folder")
+        if not sweep["also_test"]:  # planned again without --also-test: the plan stands
+            sweep["also_test"] = old.get("also_test", [])
+        elif old.get("also_test") and old["also_test"] != sweep["also_test"]:
+            raise GbmsegError(f"{path}: this sweep was planned with other --also-test datasets or masks; "
+                              "choose another output folder")
         sweep["created"] = old["created"]
     write_json(sweep, path)
     plan_cases = sorted(pool + split["val"])  # a planned crop learns from these, never from the test cases
@@ -108,7 +123,8 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
                 job = {"id": jid, "mode": mode, "n_train": n, "seed": seed,
                        "train": training_subset(pool, n, seed), "val": split["val"], "test": split["test"],
                        "dataset": sweep["dataset"], "work": sweep["work"], "config": sweep["config"],
-                       "masks": sweep["masks"], "cache_key": key, "plan_cases": plan_cases}
+                       "masks": sweep["masks"], "cache_key": key, "plan_cases": plan_cases,
+                       "also_test": sweep["also_test"]}
                 write_json(job, out / "runs" / jid / "job.json")
     return out
 
@@ -128,8 +144,8 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
     """Train, predict the test cases and evaluate one job; skip what is already done."""
     job_dir = Path(job_dir)
     done = job_dir / "done.json"
-    if done.exists():
-        return read_json(done)
+    if done.exists():  # finished; an also-test planned after it finished is run now
+        return finish_also_test(job_dir, device=device)
     job = read_json(job_dir / "job.json", JOB_KEYS, "sweep job record")
     ds = Dataset(job["dataset"], work=job["work"])
     config = Config.from_dict(job["config"], source=str(job_dir / "job.json"), record=True)
@@ -160,6 +176,7 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
     summary = {"id": job["id"], "mean_dice": float(df["dice"].mean()), "train": result,
                "predict_s_per_case": predict_s / max(1, len(job["test"])),
                "job_wall_s": time.time() - start,
+               "also_test": predict_also_test(job_dir, job, model),  # {} without --also-test
                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json(summary, done)
     return summary
@@ -181,7 +198,11 @@ def prepare_sweep(sweep_dir: str | Path, workers: int = 1, progress: bool = True
     quality = sweep_dir / "mask_quality.csv"
     if not quality.exists():  # how good the global masks are (Dice against the union of the labels)
         evaluate_masks(ds.mask_dir, ds.label_path(ds.cases[0]).parent, out_csv=quality)
-    return [j for j in jobs(sweep_dir) if not (j / "done.json").exists()]
+    for rec in sweep.get("also_test") or []:  # the other dataset's masks vs this one's, same subjects
+        agreement = sweep_dir / f"mask_agreement_{rec['name']}.csv"
+        if not agreement.exists():
+            write_text(mask_agreement(ds, rec).to_csv(index=False), agreement)
+    return [j for j in jobs(sweep_dir) if pending(j)]
 
 
 def job_line(summary: dict) -> str:
