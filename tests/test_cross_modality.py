@@ -59,7 +59,7 @@ def test_every_job_tests_the_other_dataset(sweep):
     row = cross[(cross["mode"] == "mask") & (cross["structure"] == "ALL")].iloc[0]
     assert row["other_n"] > 0 and (pd.isna(row["ratio"]) or row["ratio"] == pytest.approx(row["other_mean"] / row["own_mean"]))
     md = (out / "report.md").read_text()
-    assert "Trained on PhantomHeadCT (CT), tested on head_MR (MR)" in md and "| ratio |" in md
+    assert "Trained on head_CT (CT), tested on head_MR (MR)" in md and "| ratio |" in md
     assert "mask only at N=1" in md and "Global masks, head_MR (otsu)" in md
 
 
@@ -113,3 +113,27 @@ def test_report_with_more_modes_and_an_unknown_one(sweep, tmp_path):
     assert set(pd.read_csv(copy / "report" / "cross_modality.csv")["mode"]) >= {"weird", "image+coords"}
     comp = pd.read_csv(copy / "report" / "comparison.csv")
     assert "weird" in set(comp["mode"])
+
+
+def _rows(mode: str, dice: list[float], **extra) -> pd.DataFrame:
+    return pd.DataFrame([dict(case=f"c{i}", structure="s", dice=d, com_mm=1.0 - d, status="ok", job=f"{mode}_n08_seed0",
+                              mode=mode, n_train=8, seed=0, **extra) for i, d in enumerate(dice)])
+
+
+def test_statements_are_computed_from_the_numbers():
+    from gbmseg.sweep_stats import compare_to, coords_statement, cross_statements, cross_table
+
+    own = pd.concat([_rows("image", [0.8] * 6), _rows("mask", [0.6] * 6)])
+    other = pd.concat([_rows("image", [0.04] * 6, tested_on="MR"), _rows("mask", [0.57] * 6, tested_on="MR")])
+    table = cross_table(own, other, ["image", "mask"], [8], ["s"])
+    assert table.set_index(["mode", "structure"]).loc[("mask", "ALL"), "ratio"] == pytest.approx(0.95)
+    lines = cross_statements(table, "CT", "MR", {"mask": "mask only"})
+    assert lines == ["image at N=8 keeps 5 % of its CT Dice on MR (0.040 vs 0.800): collapses",
+                     "mask only at N=8 keeps 95 % of its CT Dice on MR (0.570 vs 0.600): holds"]
+    base = _rows("image+mask", [0.7, 0.72, 0.74, 0.76, 0.78, 0.8])
+    near = _rows("image+coords", [0.71, 0.71, 0.75, 0.75, 0.79, 0.79])  # +-0.01, mixed signs
+    far = _rows("image+coords", [0.6, 0.62, 0.64, 0.66, 0.68, 0.7])  # 0.1 lower on every pair
+    matches = coords_statement(compare_to(pd.concat([base, near]), [8], ["s"], "image+mask", ["image+coords"]))
+    assert "matches image+mask" in matches and "localisation" in matches and "within 0.02" in matches
+    short = coords_statement(compare_to(pd.concat([base, far]), [8], ["s"], "image+mask", ["image+coords"]))
+    assert "falls short" in short and "more than position" in short and "p=0.031" in short

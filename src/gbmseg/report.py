@@ -378,11 +378,11 @@ def _agreement_line(sweep: dict, sweep_dir: Path, rec: dict) -> str | None:
         return None
     q = pd.read_csv(path).dropna(subset=["dice"])
     if q.empty:
-        return f"Global masks of {rec['name']} vs {sweep.get('name', '?')}: no case id in common, not compared."
+        return f"Global masks of {rec['name']}: no case id in common with {Path(sweep.get('dataset', '?')).name}, not compared."
     own = (sweep.get("masks") or {}).get("method", "?")
     theirs = (rec.get("masks") or {}).get("method", "?")
     grid = "same grid" if q["same_grid"].all() else "resampled onto the training dataset's grid"
-    return (f"Global masks, {rec['name']} ({theirs}) vs {sweep.get('name', '?')} ({own}), same case ids ({len(q)}): "
+    return (f"Global masks, {rec['name']} ({theirs}) vs {Path(sweep.get('dataset', '?')).name} ({own}), same case ids ({len(q)}): "
             f"Dice {fmt_mean_sd(q['dice'].mean(), q['dice'].std(), 3)}, range {q['dice'].min():.3f}–"
             f"{q['dice'].max():.3f} ({grid}); a mask-only model sees only this difference between the modalities.")
 
@@ -390,15 +390,16 @@ def _agreement_line(sweep: dict, sweep_dir: Path, rec: dict) -> str | None:
 def _cross_blocks(table: pd.DataFrame, sweep: dict, sweep_dir: Path, modes, sizes, structures) -> list[tuple]:
     """Section per --also-test dataset: Dice on the own test cases, on the other dataset's, and the ratio."""
     blocks = []
-    own = f"{sweep.get('name', '?')} ({sweep.get('modality', '?')})"
+    own = f"{Path(sweep.get('dataset', '?')).name} ({sweep.get('modality', '?')})"  # folder names: both
     records = {r["name"]: r for r in sweep.get("also_test") or []}
     for name in sorted(set(table["tested_on"]) | set(records)):
         rec = records.get(name, {"name": name})
         other = f"{name} ({rec.get('modality', '?')})"
         t = table[table["tested_on"] == name]
         blocks.append(("h2", f"Trained on {own}, tested on {other}"))
-        items = [f"{len(rec.get('cases', []))} cases of {rec.get('dataset', name)}: {', '.join(rec.get('cases', [])[:8])}"
-                 f"{' ...' if len(rec.get('cases', [])) > 8 else ''}; global masks "
+        cases = rec.get("cases", [])
+        items = [f"{len(cases)} case{'s' if len(cases) != 1 else ''} of {rec.get('dataset', name)}: {', '.join(cases[:8])}"
+                 f"{' ...' if len(cases) > 8 else ''}; global masks "
                  f"{(rec.get('masks') or {}).get('method', '?')}"] if rec.get("cases") else []
         line = _agreement_line(sweep, sweep_dir, rec) if rec.get("cases") else None
         if line:
