@@ -57,7 +57,8 @@ def test_every_job_tests_the_other_dataset(sweep):
     cross = pd.read_csv(out / "cross_modality.csv")
     assert {"own_mean", "other_mean", "ratio"} <= set(cross.columns)
     row = cross[(cross["mode"] == "mask") & (cross["structure"] == "ALL")].iloc[0]
-    assert row["other_n"] > 0 and (pd.isna(row["ratio"]) or row["ratio"] == pytest.approx(row["other_mean"] / row["own_mean"]))
+    assert row["other_n"] > 0
+    assert pd.isna(row["ratio"]) or row["ratio"] == pytest.approx(row["other_mean"] / row["own_mean"])
     md = (out / "report.md").read_text()
     assert "Trained on head_CT (CT), tested on head_MR (MR)" in md and "| ratio |" in md
     assert "mask only at N=1" in md and "Global masks, head_MR (otsu)" in md
@@ -137,3 +138,15 @@ def test_statements_are_computed_from_the_numbers():
     assert "matches image+mask" in matches and "localisation" in matches and "within 0.02" in matches
     short = coords_statement(compare_to(pd.concat([base, far]), [8], ["s"], "image+mask", ["image+coords"]))
     assert "falls short" in short and "more than position" in short and "p=0.031" in short
+
+
+def test_planning_again_agrees(sweep):
+    meta = json.loads((sweep / "sweep.json").read_text())
+    ds = Dataset(meta["dataset"], work=meta["work"])
+    mr = Dataset(meta["also_test"][0]["dataset"], work=meta["also_test"][0]["work"])
+    again = dict(modes=["image", "mask"], sizes=[1], seeds=[0], preset=str(sweep.parent / "tiny.json"),
+                 overrides=TINY, val=["head_001"], test=["head_002"])
+    for also in ([mr], None):  # the same --also-test, or none: the plan stands
+        plan_sweep(ds, sweep, also_test=also, **again)
+        assert json.loads((sweep / "sweep.json").read_text())["also_test"] == meta["also_test"]
+        assert json.loads((jobs(sweep)[0] / "job.json").read_text())["also_test"] == meta["also_test"]

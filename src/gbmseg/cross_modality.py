@@ -94,9 +94,10 @@ def plan_also_test(ds: Dataset, others: list[Dataset], split: dict, method: str 
                    progress: bool = True) -> list[dict]:
     """One record per other dataset, for sweep.json and job.json: dataset, work, name, modality,
     cases, masks. Checks the labels and makes missing masks first."""
+    for other in others:  # every dataset checked before any mask is made
+        check_same_labels(ds, other)
     records, names = [], set()
     for other in others:
-        check_same_labels(ds, other)
         name = also_test_name(other)
         if name in names:
             raise GbmsegError(f"{other.root}: two --also-test datasets share the folder name '{name}'")

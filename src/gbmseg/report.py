@@ -349,11 +349,12 @@ def _vs_reference_blocks(vs: pd.DataFrame, modes, sizes, structures) -> list[tup
     if not others:
         return []
 
+    def diff(value, p, n_pairs, digits):
+        return "" if n_pairs == 0 else f"{value:+.{digits}f} ({p_text(p)}){' *' if p < ALPHA else ''}"
+
     def cells(n, s, mode):
         r = vs[(vs["n_train"] == n) & (vs["structure"] == s) & (vs["mode"] == mode)].iloc[0]
-        dice = "" if r["n_pairs"] == 0 else f"{r['dice_diff']:+.3f} ({p_text(r['p_dice'])}){' *' if r['p_dice'] < ALPHA else ''}"
-        com = "" if r["n_com_pairs"] == 0 else f"{r['com_diff']:+.1f} ({p_text(r['p_com'])}){' *' if r['p_com'] < ALPHA else ''}"
-        return [dice, com]
+        return [diff(r["dice_diff"], r["p_dice"], r["n_pairs"], 3), diff(r["com_diff"], r["p_com"], r["n_com_pairs"], 1)]
 
     rows = [[n if i == 0 else "", "mean (all)" if s == "ALL" else s, *[c for m in others for c in cells(n, s, m)]]
             for n in sizes for i, s in enumerate([*structures, "ALL"])]
@@ -373,18 +374,47 @@ def _vs_reference_blocks(vs: pd.DataFrame, modes, sizes, structures) -> list[tup
 
 def _agreement_line(sweep: dict, sweep_dir: Path, rec: dict) -> str | None:
     """The other dataset's masks vs the sweep dataset's masks of the same subjects, from mask_agreement_<NAME>.csv."""
+    here = Path(sweep.get("dataset", "?")).name
     path = sweep_dir / f"mask_agreement_{rec['name']}.csv"
     if not path.exists():
         return None
     q = pd.read_csv(path).dropna(subset=["dice"])
     if q.empty:
-        return f"Global masks of {rec['name']}: no case id in common with {Path(sweep.get('dataset', '?')).name}, not compared."
+        return f"Global masks of {rec['name']}: no case id in common with {here}, not compared."
     own = (sweep.get("masks") or {}).get("method", "?")
     theirs = (rec.get("masks") or {}).get("method", "?")
     grid = "same grid" if q["same_grid"].all() else "resampled onto the training dataset's grid"
-    return (f"Global masks, {rec['name']} ({theirs}) vs {Path(sweep.get('dataset', '?')).name} ({own}), same case ids ({len(q)}): "
+    return (f"Global masks, {rec['name']} ({theirs}) vs {here} ({own}), same case ids ({len(q)}): "
             f"Dice {fmt_mean_sd(q['dice'].mean(), q['dice'].std(), 3)}, range {q['dice'].min():.3f}–"
             f"{q['dice'].max():.3f} ({grid}); a mask-only model sees only this difference between the modalities.")
+
+
+def _cross_items(sweep: dict, sweep_dir: Path, rec: dict) -> list[str]:
+    """What was tested (cases, masks) and how alike the two datasets' masks are."""
+    cases = rec.get("cases", [])
+    if not cases:
+        return []
+    items = [f"{len(cases)} case{'s' if len(cases) != 1 else ''} of {rec.get('dataset', rec['name'])}: "
+             f"{', '.join(cases[:8])}{' ...' if len(cases) > 8 else ''}; global masks "
+             f"{(rec.get('masks') or {}).get('method', '?')}"]
+    line = _agreement_line(sweep, sweep_dir, rec)
+    return items + ([line] if line else [])
+
+
+def _cross_rows(t: pd.DataFrame, modes, sizes, shown) -> list[list]:
+    """Table rows N, mode, structure, own Dice, other Dice, ratio (rows without any result left out)."""
+    rows = []
+    for n in sizes:
+        for mode in modes:
+            for s in shown:
+                r = t[(t["mode"] == mode) & (t["n_train"] == n) & (t["structure"] == s)]
+                if r.empty or not (r.iloc[0]["own_n"] or r.iloc[0]["other_n"]):
+                    continue
+                r = r.iloc[0]
+                rows.append([n, MODE_TITLE.get(mode, mode), "mean (all)" if s == "ALL" else s,
+                             fmt_mean_sd(r["own_mean"], r["own_sd"], 3), fmt_mean_sd(r["other_mean"], r["other_sd"], 3),
+                             "" if pd.isna(r["ratio"]) else f"{r['ratio']:.2f}"])
+    return rows
 
 
 def _cross_blocks(table: pd.DataFrame, sweep: dict, sweep_dir: Path, modes, sizes, structures) -> list[tuple]:
@@ -392,37 +422,20 @@ def _cross_blocks(table: pd.DataFrame, sweep: dict, sweep_dir: Path, modes, size
     blocks = []
     own = f"{Path(sweep.get('dataset', '?')).name} ({sweep.get('modality', '?')})"  # folder names: both
     records = {r["name"]: r for r in sweep.get("also_test") or []}
+    shown = [*structures, "ALL"] if len(structures) <= 5 else ["ALL"]  # per structure while the table stays short
     for name in sorted(set(table["tested_on"]) | set(records)):
         rec = records.get(name, {"name": name})
         other = f"{name} ({rec.get('modality', '?')})"
         t = table[table["tested_on"] == name]
         blocks.append(("h2", f"Trained on {own}, tested on {other}"))
-        cases = rec.get("cases", [])
-        items = [f"{len(cases)} case{'s' if len(cases) != 1 else ''} of {rec.get('dataset', name)}: {', '.join(cases[:8])}"
-                 f"{' ...' if len(cases) > 8 else ''}; global masks "
-                 f"{(rec.get('masks') or {}).get('method', '?')}"] if rec.get("cases") else []
-        line = _agreement_line(sweep, sweep_dir, rec) if rec.get("cases") else None
-        if line:
-            items.append(line)
+        items = _cross_items(sweep, sweep_dir, rec)
         if items:
             blocks.append(("ul", items))
         if t.empty or not (t["other_n"] > 0).any():
             blocks.append(("p", f"No finished job has results on {name} yet."))
             continue
-        few = len(structures) <= 5  # per structure rows while the table stays short
-        shown = [*structures, "ALL"] if few else ["ALL"]
-        rows = []
-        for n in sizes:
-            for mode in modes:
-                for s in shown:
-                    r = t[(t["mode"] == mode) & (t["n_train"] == n) & (t["structure"] == s)]
-                    if r.empty or not (r.iloc[0]["own_n"] or r.iloc[0]["other_n"]):
-                        continue
-                    r = r.iloc[0]
-                    rows.append([n, MODE_TITLE.get(mode, mode), "mean (all)" if s == "ALL" else s,
-                                 fmt_mean_sd(r["own_mean"], r["own_sd"], 3), fmt_mean_sd(r["other_mean"], r["other_sd"], 3),
-                                 "" if pd.isna(r["ratio"]) else f"{r['ratio']:.2f}"])
-        blocks.append(("table", ["N", "mode", "structure", f"Dice on {own}", f"Dice on {other}", "ratio"], rows,
+        blocks.append(("table", ["N", "mode", "structure", f"Dice on {own}", f"Dice on {other}", "ratio"],
+                       _cross_rows(t, modes, sizes, shown),
                        f"Dice mean (sd) over test cases × seeds of the jobs that have both results; ratio = mean on "
                        f"{name} / mean on the own test cases. Written to cross_modality.csv."))
         blocks.append(("ul", cross_statements(t, own, other, MODE_TITLE)
