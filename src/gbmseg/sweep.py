@@ -210,6 +210,7 @@ def job_line(summary: dict) -> str:
     learned = summary["train"].get("learned", True)
     return (f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
             f"({summary['train']['iterations']} iterations, {summary['train']['train_time_s']:.0f} s training)"
+            + "".join(f"; on {name} {dice:.3f}" for name, dice in (summary.get("also_test") or {}).items())
             + ("" if learned else "  DID NOT LEARN (validation Dice never rose)"))
 
 
