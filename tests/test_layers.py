@@ -24,6 +24,7 @@ LAYERS = [
     ["global_masks"],                    # the one entry point for global masks (method registry)
     ["predict", "export_nnunet"],        # two-stage prediction: mask, then segmentation; nnU-Net raw export
     ["export_dicom"],                    # label maps out as DICOM-SEG / RTSTRUCT against the source series
+    ["cross_modality"],                  # a sweep's jobs also tested on another dataset (--also-test)
     ["sweep"],
     ["sweep_backends"],                  # where a sweep's jobs run: local, Ray, a SLURM job array
     ["sweep_stats"],

@@ -198,7 +198,8 @@ def cmd_sweep(args) -> None:
     sweep_dir = plan_sweep(ds, args.output, modes=args.modes.split(","), sizes=[int(n) for n in args.sizes.split(",")],
                            seeds=list(range(args.seeds)), preset=args.preset, overrides=args.set,
                            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                           val=_cases(args.val), test=_cases(args.test))
+                           val=_cases(args.val), test=_cases(args.test), also_test=_also_test(args),
+                           also_test_masks=args.also_test_masks)
     if args.emit == "slurm":
         prepare_sweep(sweep_dir, workers=args.workers)  # the cache now, so that the array tasks do not race to make it
         script = write_slurm_script(sweep_dir, args.slurm_opt, cpus_per_job=args.cpus_per_job or 4,
@@ -216,6 +217,16 @@ def cmd_sweep(args) -> None:
     if failed:
         raise GbmsegError(f"{len(failed)} job(s) failed (the report covers the others): "
                           + "; ".join(f"{job}: {msg}" for job, msg in failed.items()))
+
+
+def _also_test(args) -> list:
+    """The ``--also-test`` datasets, each with its work folder (``--also-test-work``, in the same order)."""
+    from .dataset import Dataset
+
+    works = args.also_test_work or []
+    if len(works) > len(args.also_test or []):
+        raise GbmsegError("--also-test-work given more often than --also-test (one work folder per dataset)")
+    return [Dataset(path, work=works[i] if i < len(works) else None) for i, path in enumerate(args.also_test or [])]
 
 
 def cmd_job(args) -> None:
@@ -354,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val", help="explicit validation cases (with --test)")
     s.add_argument("--test", help="explicit test cases (with --val)")
     s.add_argument("--mask-method", default="auto", help="used when the dataset has no masks yet")
+    s.add_argument("--also-test", action="append", metavar="DATASET",
+                   help="every job also segments this dataset's cases (same structure names), e.g. the MR "
+                        "scans of CT-trained models; see README (repeatable)")
+    s.add_argument("--also-test-work", action="append", metavar="DIR",
+                   help="work folder of the --also-test dataset of the same position (its masks; default: "
+                        "the dataset folder)")
+    s.add_argument("--also-test-masks", default="auto", metavar="METHOD",
+                   help="mask method for an --also-test dataset without masks yet (default auto: threshold "
+                        "for CT, otsu for MR); one that has masks keeps its own")
     s.add_argument("--plan-only", action="store_true", help="write the job folders and stop (for a cluster)")
     s.add_argument("--emit", choices=["slurm"], help="with --plan-only: also write SWEEP/slurm.sh, a job array")
     s.add_argument("--slurm-opt", action="append", default=[], metavar="OPTION",

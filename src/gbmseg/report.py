@@ -10,10 +10,16 @@ jobs are skipped and counted) and writes into ``SWEEP/report/`` (or ``out_dir``)
     hd95.csv        the same for HD95 in mm
     time.csv        mode, n_train, train_time_s / best_iteration / time_to_best_s mean and sd, n_runs
     comparison.csv  n_train, structure, mode, dice_mode, dice_image, rel_change_pct, n_pairs, p_value
+    comparison_vs_image_mask.csv   (when image+mask is in the sweep) every other mode against it:
+                    n_train, structure, mode, base, dice_mode, dice_base, dice_diff, n_pairs, p_dice,
+                    com_mode, com_base, com_diff, n_com_pairs, p_com
+    cross_modality.csv  (sweeps with --also-test) tested_on, mode, n_train, structure, own_mean, own_sd,
+                    own_n, other_mean, other_sd, other_n, ratio
     figures/        dice_vs_n.png, loss_curves.png, overlay_<case>.png
 
 Statistics: see :mod:`gbmseg.sweep_stats`, which computes every number; this module draws and
-renders them.
+renders them. Any set of modes is shown: known modes in :data:`gbmseg.sweep_stats.MODE_ORDER`, then
+others; a mode without a title or colour here gets its own name and a colour from :data:`FALLBACK_COLORS`.
 
 Example:
     >>> make_report("sweeps/head")          # doctest: +SKIP
@@ -41,16 +47,30 @@ from matplotlib.patches import Patch
 from .dataset import Dataset
 from .io import PathLike, atomic_path, read_image, read_json, same_geometry, to_array, write_text
 from .sweep import SWEEP_KEYS
-from .sweep_stats import (ALPHA, COMPARED, MIN_PAIRS, MODE_ORDER, Run, compare, fmt_mean_sd, load_runs, p_text,
-                          statement, summarize_metric, time_table)
+from .sweep_stats import (ALPHA, COLLAPSES, HOLDS, MIN_PAIRS, REFERENCE, Run, compare, compare_to,
+                          coords_statement, cross_statements, cross_table, fmt_mean_sd, load_also_test, load_runs,
+                          order_modes, p_text, statement, summarize_metric, time_table)
 
-MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask"}
-MODE_COLOR = {"image": "tab:blue", "mask": "tab:orange", "image+mask": "tab:green"}
+MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask", "image+coords": "image+coords",
+              "image+sdm": "image+SDM", "atlas": "multi-atlas"}
+MODE_COLOR = {"image": "tab:blue", "mask": "tab:orange", "image+mask": "tab:green", "image+coords": "tab:red",
+              "image+sdm": "tab:purple", "atlas": "tab:brown"}
+FALLBACK_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray", "black", "gold", "navy", "teal"]
+_EXTRA_COLOR: dict[str, str] = {}
 N_OVERLAYS = 3
 DPI = 100
 
 
 # -- figures -----------------------------------------------------------------------------------------
+def mode_color(mode: str) -> str:
+    """The mode's colour; an unknown mode gets the next unused one of :data:`FALLBACK_COLORS` (cycling)."""
+    if mode in MODE_COLOR:
+        return MODE_COLOR[mode]
+    if mode not in _EXTRA_COLOR:
+        _EXTRA_COLOR[mode] = FALLBACK_COLORS[len(_EXTRA_COLOR) % len(FALLBACK_COLORS)]
+    return _EXTRA_COLOR[mode]
+
+
 def _new_figure(w: float, h: float) -> Figure:
     fig = Figure(figsize=(w, h), dpi=DPI)
     FigureCanvasAgg(fig)
@@ -78,7 +98,7 @@ def _png(fig: Figure, handles: list, title: str) -> bytes:
 
 
 def _mode_lines(modes, **kw) -> list:
-    return [Line2D([], [], color=MODE_COLOR.get(m), label=MODE_TITLE.get(m, m), **kw) for m in modes]
+    return [Line2D([], [], color=mode_color(m), label=MODE_TITLE.get(m, m), **kw) for m in modes]
 
 
 def fig_dice_vs_n(dice: pd.DataFrame, modes, sizes, structures) -> bytes:
@@ -89,7 +109,7 @@ def fig_dice_vs_n(dice: pd.DataFrame, modes, sizes, structures) -> bytes:
             d = dice[(dice["mode"] == mode) & (dice["structure"] == s) & (dice["n"] > 0)]
             shift = 2 ** (0.06 * (i - (len(modes) - 1) / 2))  # side by side error bars
             ax.errorbar(d["n_train"] * shift, d["mean"], yerr=d["sd"].fillna(0), marker="o", ms=4, capsize=3,
-                        color=MODE_COLOR.get(mode))
+                        color=mode_color(mode))
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
@@ -108,7 +128,7 @@ def fig_loss_curves(runs: list[Run], modes, sizes) -> bytes | None:
     for ax, n in zip(axes, shown):
         for r in runs:
             if r.n_train == n and r.history is not None:
-                h, c = r.history, MODE_COLOR.get(r.mode)
+                h, c = r.history, mode_color(r.mode)
                 ax.plot(h["iteration"], h["train_loss"], color=c, lw=1.2, alpha=0.8)
                 ax.plot(h["iteration"], h["val_loss"], color=c, lw=1.2, ls="--", alpha=0.8)
         ax.set(title=f"N = {n}", xlabel="iteration", ylabel="loss")
@@ -323,6 +343,106 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
     return items
 
 
+def _vs_reference_blocks(vs: pd.DataFrame, modes, sizes, structures) -> list[tuple]:
+    """Section: every mode against image+mask, Dice and COM distance differences with Wilcoxon p."""
+    others = [m for m in modes if m != REFERENCE]
+    if not others:
+        return []
+
+    def diff(value, p, n_pairs, digits):
+        return "" if n_pairs == 0 else f"{value:+.{digits}f} ({p_text(p)}){' *' if p < ALPHA else ''}"
+
+    def cells(n, s, mode):
+        r = vs[(vs["n_train"] == n) & (vs["structure"] == s) & (vs["mode"] == mode)].iloc[0]
+        return [diff(r["dice_diff"], r["p_dice"], r["n_pairs"], 3), diff(r["com_diff"], r["p_com"], r["n_com_pairs"], 1)]
+
+    rows = [[n if i == 0 else "", "mean (all)" if s == "ALL" else s, *[c for m in others for c in cells(n, s, m)]]
+            for n in sizes for i, s in enumerate([*structures, "ALL"])]
+    header = ["N", "structure", *[f"{MODE_TITLE.get(m, m)} − image+mask: {what}" for m in others
+                                  for what in ("Dice", "COM (mm)")]]
+    blocks = [("h2", "Every mode vs image+mask"),
+              ("table", header, rows,
+               f"Mean difference mode − image+mask over pairs of the same test case, seed (and structure for "
+               f"'mean (all)'): Dice (higher is better) and centre-of-mass distance in mm (lower is better; pairs "
+               f"with a distance on both sides); two-sided Wilcoxon signed-rank p; * p < {ALPHA:g}; no p with "
+               f"fewer than {MIN_PAIRS} pairs; no multiple-comparison correction.")]
+    sentence = coords_statement(vs) if "image+coords" in modes else None
+    if sentence:
+        blocks.append(("p", sentence))
+    return blocks
+
+
+def _agreement_line(sweep: dict, sweep_dir: Path, rec: dict) -> str | None:
+    """The other dataset's masks vs the sweep dataset's masks of the same subjects, from mask_agreement_<NAME>.csv."""
+    here = Path(sweep.get("dataset", "?")).name
+    path = sweep_dir / f"mask_agreement_{rec['name']}.csv"
+    if not path.exists():
+        return None
+    q = pd.read_csv(path).dropna(subset=["dice"])
+    if q.empty:
+        return f"Global masks of {rec['name']}: no case id in common with {here}, not compared."
+    own = (sweep.get("masks") or {}).get("method", "?")
+    theirs = (rec.get("masks") or {}).get("method", "?")
+    grid = "same grid" if q["same_grid"].all() else "resampled onto the training dataset's grid"
+    return (f"Global masks, {rec['name']} ({theirs}) vs {here} ({own}), same case ids ({len(q)}): "
+            f"Dice {fmt_mean_sd(q['dice'].mean(), q['dice'].std(), 3)}, range {q['dice'].min():.3f}–"
+            f"{q['dice'].max():.3f} ({grid}); a mask-only model sees only this difference between the modalities.")
+
+
+def _cross_items(sweep: dict, sweep_dir: Path, rec: dict) -> list[str]:
+    """What was tested (cases, masks) and how alike the two datasets' masks are."""
+    cases = rec.get("cases", [])
+    if not cases:
+        return []
+    items = [f"{len(cases)} case{'s' if len(cases) != 1 else ''} of {rec.get('dataset', rec['name'])}: "
+             f"{', '.join(cases[:8])}{' ...' if len(cases) > 8 else ''}; global masks "
+             f"{(rec.get('masks') or {}).get('method', '?')}"]
+    line = _agreement_line(sweep, sweep_dir, rec)
+    return items + ([line] if line else [])
+
+
+def _cross_rows(t: pd.DataFrame, modes, sizes, shown) -> list[list]:
+    """Table rows N, mode, structure, own Dice, other Dice, ratio (rows without any result left out)."""
+    rows = []
+    for n in sizes:
+        for mode in modes:
+            for s in shown:
+                r = t[(t["mode"] == mode) & (t["n_train"] == n) & (t["structure"] == s)]
+                if r.empty or not (r.iloc[0]["own_n"] or r.iloc[0]["other_n"]):
+                    continue
+                r = r.iloc[0]
+                rows.append([n, MODE_TITLE.get(mode, mode), "mean (all)" if s == "ALL" else s,
+                             fmt_mean_sd(r["own_mean"], r["own_sd"], 3), fmt_mean_sd(r["other_mean"], r["other_sd"], 3),
+                             "" if pd.isna(r["ratio"]) else f"{r['ratio']:.2f}"])
+    return rows
+
+
+def _cross_blocks(table: pd.DataFrame, sweep: dict, sweep_dir: Path, modes, sizes, structures) -> list[tuple]:
+    """Section per --also-test dataset: Dice on the own test cases, on the other dataset's, and the ratio."""
+    blocks = []
+    own = f"{Path(sweep.get('dataset', '?')).name} ({sweep.get('modality', '?')})"  # folder names: both
+    records = {r["name"]: r for r in sweep.get("also_test") or []}
+    shown = [*structures, "ALL"] if len(structures) <= 5 else ["ALL"]  # per structure while the table stays short
+    for name in sorted(set(table["tested_on"]) | set(records)):
+        rec = records.get(name, {"name": name})
+        other = f"{name} ({rec.get('modality', '?')})"
+        t = table[table["tested_on"] == name]
+        blocks.append(("h2", f"Trained on {own}, tested on {other}"))
+        items = _cross_items(sweep, sweep_dir, rec)
+        if items:
+            blocks.append(("ul", items))
+        if t.empty or not (t["other_n"] > 0).any():
+            blocks.append(("p", f"No finished job has results on {name} yet."))
+            continue
+        blocks.append(("table", ["N", "mode", "structure", f"Dice on {own}", f"Dice on {other}", "ratio"],
+                       _cross_rows(t, modes, sizes, shown),
+                       f"Dice mean (sd) over test cases × seeds of the jobs that have both results; ratio = mean on "
+                       f"{name} / mean on the own test cases. Written to cross_modality.csv."))
+        blocks.append(("ul", cross_statements(t, own, other, MODE_TITLE)
+                       + [f"holds: ratio ≥ {HOLDS:.0%}; collapses: ratio < {COLLAPSES:.0%}; drops: in between."]))
+    return blocks
+
+
 def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
     """Write report.html, report.md, the CSVs and figures of a (possibly partial) sweep; return the HTML path."""
     sweep_dir = Path(sweep_dir)
@@ -330,13 +450,18 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
     sweep = read_json(sweep_dir / "sweep.json", SWEEP_KEYS, "sweep record")
     runs, metrics, unfinished = load_runs(sweep_dir)
     structures = list(sweep["labels"])
-    modes = sorted(set(sweep["modes"]) | {r.mode for r in runs},
-                   key=lambda m: MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER))
+    modes = order_modes(set(sweep["modes"]) | {r.mode for r in runs} | set(metrics["mode"].dropna()))
     sizes = sorted(set(sweep["sizes"]) | {r.n_train for r in runs})
     tables = {name: summarize_metric(metrics, col, modes, sizes, structures)
               for name, col in (("dice", "dice"), ("com", "com_mm"), ("hd95", "hd95_mm"))}
     tables["time"] = time_table(runs, modes, sizes)
-    tables["comparison"] = comp = compare(metrics, sizes, structures)
+    tables["comparison"] = comp = compare(metrics, sizes, structures, [m for m in modes if m != "image"])
+    if REFERENCE in modes:
+        tables["comparison_vs_image_mask"] = compare_to(metrics, sizes, structures, REFERENCE,
+                                                        [m for m in modes if m != REFERENCE])
+    also = load_also_test(runs)
+    if len(also) or sweep.get("also_test"):
+        tables["cross_modality"] = cross_table(metrics, also, modes, sizes, structures)
     for name, df in tables.items():
         write_text(df.to_csv(index=False), out / f"{name}.csv")
 
@@ -375,14 +500,18 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
         return f"{r['rel_change_pct']:+.1f}% ({p_text(r['p_value'])}){star}"
 
     blocks += [("h2", "Mask-based inputs vs image only"),
-               ("table", ["N", "structure", *[f"{MODE_TITLE[m]} vs image only" for m in COMPARED]],
-                grouped(lambda n, s: [change(n, s, m) for m in COMPARED]),
+               ("table", ["N", "structure", *[f"{MODE_TITLE.get(m, m)} vs image only" for m in modes if m != "image"]],
+                grouped(lambda n, s: [change(n, s, m) for m in modes if m != "image"]),
                 f"Relative change of mean Dice, 100·(mode − image)/image, over pairs of the same test case and seed "
                 f"(and structure for 'mean (all)'); two-sided Wilcoxon signed-rank p; * p < {ALPHA:g}; no p with fewer "
                 f"than {MIN_PAIRS} pairs; p = 1 when all differences are zero; no multiple-comparison correction."),
                ("ul", [f"N={n}: " + "; ".join(statement(r) for _, r in comp[(comp["n_train"] == n)
                                                                                 & (comp["structure"] == "ALL")].iterrows())
                        for n in sizes])]
+    if "comparison_vs_image_mask" in tables:
+        blocks += _vs_reference_blocks(tables["comparison_vs_image_mask"], modes, sizes, structures)
+    if "cross_modality" in tables:
+        blocks += _cross_blocks(tables["cross_modality"], sweep, sweep_dir, modes, sizes, structures)
 
     figures = {"dice_vs_n.png": fig_dice_vs_n(tables["dice"], modes, sizes, structures)}
     loss = fig_loss_curves(runs, modes, sizes)

@@ -9,8 +9,11 @@ A sweep folder::
         train/                   the training run (see :mod:`gbmseg.training`)
         predictions/<case>.nii.gz  test-set predictions in the images' own geometry
         metrics.csv              evaluation rows (+ job, mode, n_train, seed)
+        predictions_<NAME>/, metrics_<NAME>.csv   with --also-test: another dataset's cases
+                                 (see :mod:`gbmseg.cross_modality`)
         done.json                written last: the job is finished
     mask_quality.csv             global masks scored against the union of the labels
+    mask_agreement_<NAME>.csv    with --also-test: the other dataset's masks vs this one's, same case ids
     report/                      written by :mod:`gbmseg.report`
 
 Training subsets are nested per seed: the seed's permutation of the training pool, first N cases,
@@ -37,6 +40,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import MODES, Config, load_config
+from .cross_modality import finish_also_test, mask_agreement, pending, plan_also_test, predict_also_test
 from .dataset import Dataset, split_cases
 from .errors import GbmsegError
 from .evaluation import evaluate_folder, evaluate_masks
@@ -63,9 +67,14 @@ def job_id(mode: str, n: int, seed: int) -> str:
 def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = None,
                sizes: list[int] | None = None, seeds: list[int] | None = None, preset: str = "fast",
                overrides: list[str] | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
-               val: list[str] | None = None, test: list[str] | None = None, split_seed: int = 0) -> Path:
+               val: list[str] | None = None, test: list[str] | None = None, split_seed: int = 0,
+               also_test: list[Dataset] | None = None, also_test_masks: str = "auto") -> Path:
     """Write ``sweep.json`` and one ``job.json`` per run. Re-planning an existing sweep must agree with
-    it, except that it may add modes (e.g. a control or the atlas baseline to a finished sweep)."""
+    it, except that it may add modes (e.g. a control or the atlas baseline to a finished sweep).
+
+    ``also_test``: other datasets (same structures) every job also segments, their masks made with
+    ``also_test_masks`` where they have none (:mod:`gbmseg.cross_modality`). Re-planning may add
+    them to a sweep planned without; planning again without them keeps the ones planned."""
     out = Path(out_dir)
     modes = modes or list(MODES)
     for m in modes:
@@ -93,6 +102,7 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
              "labels": dataset.labels, "modality": dataset.modality, "modes": modes, "sizes": capped,
              "requested_sizes": requested, "seeds": seeds, "preset": preset, "config": config.to_dict(),
              "split": split, "masks": dataset.read_mask_record(),
+             "also_test": plan_also_test(dataset, also_test or [], split, also_test_masks),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = out / "sweep.json"
     if path.exists():  # re-planning: the same sweep, or the same with more modes (their jobs are added)
@@ -102,6 +112,11 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
             raise GbmsegError(f"{path}: a different sweep already lives here; choose another output folder "
                               "(a sweep may only gain modes)")
         sweep["modes"] = list(old["modes"]) + [m for m in modes if m not in old["modes"]]
+        if not sweep["also_test"]:  # planned again without --also-test: the plan stands
+            sweep["also_test"] = old.get("also_test", [])
+        elif old.get("also_test") and old["also_test"] != sweep["also_test"]:
+            raise GbmsegError(f"{path}: this sweep was planned with other --also-test datasets or masks; "
+                              "choose another output folder")
         sweep["created"] = old["created"]
     write_json(sweep, path)
     plan_cases = sorted(pool + split["val"])  # a planned crop learns from these, never from the test cases
@@ -113,7 +128,8 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
                 job = {"id": jid, "mode": mode, "n_train": n, "seed": seed,
                        "train": training_subset(pool, n, seed), "val": split["val"], "test": split["test"],
                        "dataset": sweep["dataset"], "work": sweep["work"], "config": sweep["config"],
-                       "masks": sweep["masks"], "cache_key": key, "plan_cases": plan_cases}
+                       "masks": sweep["masks"], "cache_key": key, "plan_cases": plan_cases,
+                       "also_test": sweep["also_test"]}
                 write_json(job, out / "runs" / jid / "job.json")
     return out
 
@@ -133,8 +149,8 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
     """Train, predict the test cases and evaluate one job; skip what is already done."""
     job_dir = Path(job_dir)
     done = job_dir / "done.json"
-    if done.exists():
-        return read_json(done)
+    if done.exists():  # finished; an also-test planned after it finished is run now
+        return finish_also_test(job_dir, device=device)
     job = read_json(job_dir / "job.json", JOB_KEYS, "sweep job record")
     ds = Dataset(job["dataset"], work=job["work"])
     config = Config.from_dict(job["config"], source=str(job_dir / "job.json"), record=True)
@@ -150,7 +166,7 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
                           f"(key {job['cache_key']})")
     pred_dir = job_dir / "predictions"
     todo = [c for c in job["test"] if not (pred_dir / f"{c}.nii.gz").exists()]
-    t0 = time.time()
+    t0, model = time.time(), None
     if todo or not (job_dir / "train" / "result.json").exists():
         result = train(cache, job["mode"], job["train"], job["val"], config, job_dir / "train",
                        seed=job["seed"], device=device, progress=progress)
@@ -168,6 +184,7 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
     summary = {"id": job["id"], "mean_dice": float(df["dice"].mean()), "train": result,
                "predict_s_per_case": predict_s / len(todo) if todo else None,
                "job_wall_s": time.time() - start,
+               "also_test": predict_also_test(job_dir, job, model, device),  # {} without --also-test
                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json(summary, done)
     return summary
@@ -189,7 +206,11 @@ def prepare_sweep(sweep_dir: str | Path, workers: int = 1, progress: bool = True
     quality = sweep_dir / "mask_quality.csv"
     if not quality.exists():  # how good the global masks are (Dice against the union of the labels)
         evaluate_masks(ds.mask_dir, ds.label_path(ds.cases[0]).parent, out_csv=quality)
-    return [j for j in jobs(sweep_dir) if not (j / "done.json").exists()]
+    for rec in sweep.get("also_test") or []:  # the other dataset's masks vs this one's, same subjects
+        agreement = sweep_dir / f"mask_agreement_{rec['name']}.csv"
+        if not agreement.exists():
+            write_text(mask_agreement(ds, rec).to_csv(index=False), agreement)
+    return [j for j in jobs(sweep_dir) if pending(j)]
 
 
 def job_line(summary: dict) -> str:
@@ -197,6 +218,7 @@ def job_line(summary: dict) -> str:
     learned = summary["train"].get("learned", True)
     return (f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
             f"({summary['train']['iterations']} iterations, {summary['train']['train_time_s']:.0f} s training)"
+            + "".join(f"; on {name} {dice:.3f}" for name, dice in (summary.get("also_test") or {}).items())
             + ("" if learned else "  DID NOT LEARN (validation Dice never rose)"))
 
 

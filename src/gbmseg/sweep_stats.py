@@ -11,6 +11,13 @@ is empty; ``n_missing`` counts those rows. ``comparison.csv`` pairs each result 
 a two-sided Wilcoxon signed-rank test of the paired differences (scipy, zero differences dropped):
 1.0 when every difference is zero, NaN with fewer than ``MIN_PAIRS`` pairs. ``ALL`` pools
 structures, whose differences are not independent; no correction for multiple comparisons.
+Every mode other than image is compared with image; when image+mask is in the sweep, every other
+mode is also compared with image+mask (:func:`compare_to`: Dice and COM distance, each paired and
+tested the same way; COM pairs need a distance on both sides).
+
+Cross-modality (``--also-test``, :mod:`gbmseg.cross_modality`): :func:`cross_table` sets each job's
+Dice on the other dataset's cases beside its Dice on its own test cases (only jobs that have both),
+ratio = other / own of the means.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ from scipy import stats
 from .errors import GbmsegError
 from .io import read_json
 
-MODE_ORDER = ["image", "mask", "image+mask"]
+MODE_ORDER = ["image", "mask", "image+mask", "image+coords", "image+sdm", "atlas"]  # known modes first
 COMPARED = ["mask", "image+mask"]
+REFERENCE = "image+mask"  # the second comparison's base
 ALPHA = 0.05
+MATCH_DICE = 0.02  # image+coords "matches" image+mask: mean Dice within this and p >= ALPHA
+HOLDS, COLLAPSES = 0.9, 0.1  # cross-modality: keeps >= 90 % of its own Dice; falls below 10 %
 MIN_PAIRS = 5  # below this many pairs no p-value (with 5 the smallest exact p is 0.0625 anyway)
 
 
@@ -49,6 +59,11 @@ def _json(path: Path) -> dict | None:
         return read_json(path)
     except GbmsegError:
         return None
+
+
+def order_modes(modes) -> list[str]:
+    """Known modes in :data:`MODE_ORDER`, then any others alphabetically."""
+    return sorted(set(modes), key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m))
 
 
 def load_runs(sweep_dir: Path) -> tuple[list[Run], pd.DataFrame, list[str]]:
@@ -114,13 +129,13 @@ def wilcoxon_p(diff) -> float:
         return float(stats.wilcoxon(d).pvalue)
 
 
-def compare(metrics: pd.DataFrame, sizes, structures) -> pd.DataFrame:
-    """Dice of mask and image+mask against image only, paired by N, case, seed and structure."""
+def compare(metrics: pd.DataFrame, sizes, structures, modes=None) -> pd.DataFrame:
+    """Dice of ``modes`` (default :data:`COMPARED`) against image only, paired by N, case, seed and structure."""
     key = ["case", "seed", "structure"]
     rows = []
     for n in sizes:
         base = metrics[(metrics["mode"] == "image") & (metrics["n_train"] == n)][key + ["dice"]]
-        for mode in COMPARED:
+        for mode in COMPARED if modes is None else modes:
             other = metrics[(metrics["mode"] == mode) & (metrics["n_train"] == n)][key + ["dice"]]
             pairs = other.merge(base, on=key, suffixes=("", "_image")).dropna(subset=["dice", "dice_image"])
             for s in [*structures, "ALL"]:
@@ -130,6 +145,105 @@ def compare(metrics: pd.DataFrame, sizes, structures) -> pd.DataFrame:
                                  rel_change_pct=100 * (dm - di) / di if di > 0 else np.nan,
                                  n_pairs=len(p), p_value=wilcoxon_p(p["dice"] - p["dice_image"])))
     return pd.DataFrame(rows)
+
+
+def _pairs(metrics: pd.DataFrame, mode: str, base: str, n: int, column: str) -> pd.DataFrame:
+    """``column`` of ``mode`` and of ``base`` (``<column>_base``) paired by case, seed and structure at N = n,
+    pairs with a value on both sides only."""
+    key = ["case", "seed", "structure"]
+    pick = lambda m: metrics[(metrics["mode"] == m) & (metrics["n_train"] == n)][key + [column]]  # noqa: E731
+    return pick(mode).merge(pick(base), on=key, suffixes=("", "_base")).dropna(subset=[column, f"{column}_base"])
+
+
+def compare_to(metrics: pd.DataFrame, sizes, structures, base: str, modes) -> pd.DataFrame:
+    """Every mode in ``modes`` against ``base``: mean Dice and COM distance over pairs of the same N, case,
+    seed (and structure), the differences mode − base and their Wilcoxon p."""
+    rows = []
+    for n in sizes:
+        for mode in modes:
+            dice, com = _pairs(metrics, mode, base, n, "dice"), _pairs(metrics, mode, base, n, "com_mm")
+            for s in [*structures, "ALL"]:
+                d = dice if s == "ALL" else dice[dice["structure"] == s]
+                c = com if s == "ALL" else com[com["structure"] == s]
+                rows.append(dict(n_train=n, structure=s, mode=mode, base=base, dice_mode=d["dice"].mean(),
+                                 dice_base=d["dice_base"].mean(), dice_diff=(d["dice"] - d["dice_base"]).mean(),
+                                 n_pairs=len(d), p_dice=wilcoxon_p(d["dice"] - d["dice_base"]),
+                                 com_mode=c["com_mm"].mean(), com_base=c["com_mm_base"].mean(),
+                                 com_diff=(c["com_mm"] - c["com_mm_base"]).mean(), n_com_pairs=len(c),
+                                 p_com=wilcoxon_p(c["com_mm"] - c["com_mm_base"])))
+    columns = ["n_train", "structure", "mode", "base", "dice_mode", "dice_base", "dice_diff", "n_pairs", "p_dice",
+               "com_mode", "com_base", "com_diff", "n_com_pairs", "p_com"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def coords_statement(vs_ref: pd.DataFrame) -> str | None:
+    """One sentence: does image+coords match image+mask (mean Dice within :data:`MATCH_DICE` and
+    p >= :data:`ALPHA`), at the largest N with pairs, all structures pooled? ``None`` without pairs."""
+    rows = vs_ref[(vs_ref["mode"] == "image+coords") & (vs_ref["structure"] == "ALL") & (vs_ref["n_pairs"] > 0)]
+    if rows.empty:
+        return None
+    r = rows.sort_values("n_train").iloc[-1]
+    numbers = (f"at N={r['n_train']}, Dice {r['dice_mode']:.3f} vs {r['dice_base']:.3f} "
+               f"(difference {r['dice_diff']:+.3f}, {p_text(r['p_dice'])}, {r['n_pairs']} pairs)")
+    rule = f"match = mean Dice within {MATCH_DICE:g} and p ≥ {ALPHA:g}"
+    if pd.isna(r["p_dice"]):
+        return f"image+coords vs image+mask {numbers}: too few pairs for a test, so whether the mask's value is " \
+               f"localisation cannot be said ({rule})."
+    if abs(r["dice_diff"]) <= MATCH_DICE and r["p_dice"] >= ALPHA:
+        return f"image+coords matches image+mask {numbers}: the mask's value here is localisation ({rule})."
+    if r["dice_diff"] < 0:
+        return f"image+coords falls short of image+mask {numbers}: the mask carries more than position ({rule})."
+    return f"image+coords does better than image+mask {numbers}: position alone does at least as well as the " \
+           f"mask ({rule})."
+
+
+def load_also_test(runs: list[Run]) -> pd.DataFrame:
+    """Every finished run's ``metrics_<NAME>.csv`` (cross-modality results, ``tested_on`` = NAME) in one table."""
+    frames = [pd.read_csv(p) for r in runs for p in sorted(r.dir.glob("metrics_*.csv"))]
+    frames = [f for f in frames if "tested_on" in f.columns]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["case", "structure", "dice", "com_mm", "hd95_mm", "status", "job", "mode", "n_train", "seed",
+                 "tested_on"])
+
+
+def cross_table(metrics: pd.DataFrame, other: pd.DataFrame, modes, sizes, structures) -> pd.DataFrame:
+    """Per other dataset, mode, N and structure (+ ``ALL``): Dice on the own test cases and on the other
+    dataset's cases (mean, sd, n over cases × seeds; only jobs with both) and ratio = other / own."""
+    rows = []
+    for name in sorted(other["tested_on"].unique()):
+        theirs = other[other["tested_on"] == name]
+        ours = metrics[metrics["job"].isin(set(theirs["job"]))]
+        for mode in modes:
+            for n in sizes:
+                a = ours[(ours["mode"] == mode) & (ours["n_train"] == n)]
+                b = theirs[(theirs["mode"] == mode) & (theirs["n_train"] == n)]
+                for s in [*structures, "ALL"]:
+                    x = (a if s == "ALL" else a[a["structure"] == s])["dice"].astype(float)
+                    y = (b if s == "ALL" else b[b["structure"] == s])["dice"].astype(float)
+                    ratio = y.mean() / x.mean() if x.notna().any() and y.notna().any() and x.mean() > 0 else np.nan
+                    rows.append(dict(tested_on=name, mode=mode, n_train=n, structure=s, own_mean=x.mean(),
+                                     own_sd=x.std(), own_n=int(x.notna().sum()), other_mean=y.mean(),
+                                     other_sd=y.std(), other_n=int(y.notna().sum()), ratio=ratio))
+    columns = ["tested_on", "mode", "n_train", "structure", "own_mean", "own_sd", "own_n", "other_mean", "other_sd",
+               "other_n", "ratio"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def cross_statements(table: pd.DataFrame, own: str, other: str, titles: dict) -> list[str]:
+    """One sentence per mode at its largest N with results on both: the share of its own Dice it keeps
+    on the other dataset (holds: >= :data:`HOLDS`; collapses: < :data:`COLLAPSES`)."""
+    out = []
+    have = table[(table["structure"] == "ALL") & (table["own_n"] > 0) & (table["other_n"] > 0)]
+    for mode in order_modes(have["mode"]):
+        r = have[have["mode"] == mode].sort_values("n_train").iloc[-1]
+        what = f"{titles.get(mode, mode)} at N={r['n_train']}"
+        if pd.isna(r["ratio"]):
+            out.append(f"{what}: Dice {r['other_mean']:.3f} on {other}, its {own} Dice is 0 (no ratio)")
+            continue
+        verb = ("holds" if r["ratio"] >= HOLDS else "collapses" if r["ratio"] < COLLAPSES else "drops")
+        out.append(f"{what} keeps {100 * r['ratio']:.0f} % of its {own} Dice on {other} "
+                   f"({r['other_mean']:.3f} vs {r['own_mean']:.3f}): {verb}")
+    return out
 
 
 def fmt_mean_sd(mean, sd, digits: int) -> str:
