@@ -8,7 +8,7 @@ images with their global masks (a few MB each). There each job is trained with
 (the product's own two functions; the test images' global masks are given, as ``run_job`` gives
 them). Back come the predictions (label maps in each scan's geometry) and the run records
 (``config.json``, ``result.json``, ``history.csv``, ``train.log``; ``model.pt`` only for jobs marked
-``return_model``: at 5.6 MB a model, 100 of them do not fit the way back). ``run_sweep`` here then
+``return_model``, in float16: at 5.6-20 MB a model, 100 of them do not fit the way back). ``run_sweep`` here then
 finds the training finished and the predictions written, and evaluates
 (:func:`gbmseg.sweep.run_job` skips what exists).
 
@@ -112,8 +112,13 @@ def _train_one(args: tuple) -> dict:
             predict_file(model, bundle / p["image"], job_out / p["out"], mask_path=bundle / p["mask"])
         (job_out / "train" / "predict_s.json").write_text(json.dumps({"predict_s": time.time() - t1,
                                                                       "n": len(item["predict"])}))
-        if not item.get("return_model"):
-            (job_out / "train" / "model.pt").unlink()
+        weights = job_out / "train" / "model.pt"
+        if item.get("return_model"):  # in float16 for the way back (load_model casts it back to float32)
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+            torch.save(state, weights)
+        else:
+            weights.unlink()
         (job_out / "ok").write_text("")
         return {"job": key, "ok": True, "s": time.time() - t0, "train_s": t1 - t0,
                 "iterations": result["iterations"], "best_val_dice": result.get("best_val_dice")}
@@ -186,7 +191,7 @@ def _tar_parts(runs: Path, out: Path) -> None:
         files += [job / "train" / k for k in KEEP if (job / "train" / k).exists()]
     part, size, tar = 0, 0, None
     for f in files:
-        if tar is None or size > PART_BYTES:
+        if tar is None or (size and size + f.stat().st_size > PART_BYTES):
             if tar:
                 tar.close()
             tar, size, part = tarfile.open(out / f"trained_{part}.tar.gz", "w:gz"), 0, part + 1

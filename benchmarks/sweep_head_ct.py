@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_head_ct.py [--data ../shared/data] [--dataset head_CT] [--seeds 3]
         [--sizes 1,2,4,8] [--modes image,mask,image+mask] [--n-val 2] [--n-test 2]
-        [--mask-method auto] [--tag NAME] [--set k=v ...] [--plan-only]
+        [--mask-method auto] [--also-test head_MR] [--tag NAME] [--set k=v ...] [--plan-only]
 
 Modes x sizes x seeds on one fixed split (``--n-val`` validation and ``--n-test`` test cases,
 drawn with split seed 0; 2 + 2 of head_CT's 12 cases so that N=8 fits). Writes the sweep (resumable)
@@ -10,7 +10,8 @@ to benchmarks/work/sweep_<dataset>[_<tag>] and copies the report's Markdown and 
 benchmarks/results/sweep_<dataset>[_<tag>]/. ``--plan-only`` plans and preprocesses (global masks,
 cache) and stops: the jobs can then be trained elsewhere (benchmarks/gpu_jobs.py) and finished by
 running this again without it. ``--mask-method`` other than auto keeps its masks and cache in
-benchmarks/work/<dataset>_<method>.
+benchmarks/work/<dataset>_<method>. ``--also-test`` predicts another dataset's cases of the same
+ids (head_MR beside head_CT) with masks made there by the same ``--mask-method`` (auto: Otsu on MR).
 """
 
 from __future__ import annotations
@@ -44,10 +45,14 @@ def main() -> None:
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--tag", default="")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--also-test", default="")
     ap.add_argument("--plan-only", action="store_true")
     args = ap.parse_args()
-    work = HERE / "work" / (args.dataset if args.mask_method == "auto" else f"{args.dataset}_{args.mask_method}")
-    ds = Dataset(Path(args.data) / args.dataset, work=work)
+    def work(name: str) -> Path:
+        return HERE / "work" / (name if args.mask_method == "auto" else f"{name}_{args.mask_method}")
+
+    ds = Dataset(Path(args.data) / args.dataset, work=work(args.dataset))
+    also = [Dataset(Path(args.data) / a, work=work(a)) for a in args.also_test.split(",") if a]
     if not ds.mask_record_path.exists():
         make_dataset_masks(ds, args.mask_method)
     n = len(ds.cases)
@@ -55,7 +60,7 @@ def main() -> None:
     sweep_dir = plan_sweep(ds, HERE / "work" / name, modes=args.modes.split(","),
                            sizes=[int(s) for s in args.sizes.split(",")], seeds=list(range(args.seeds)),
                            preset=args.preset, overrides=args.set, val_fraction=args.n_val / n,
-                           test_fraction=args.n_test / n)
+                           test_fraction=args.n_test / n, also_test=also, also_test_masks=args.mask_method)
     if args.plan_only:
         print(f"planned {len(prepare_sweep(sweep_dir))} jobs in {sweep_dir}")
         return
