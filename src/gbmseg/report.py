@@ -8,7 +8,8 @@ jobs are skipped and counted) and writes into ``SWEEP/report/`` (or ``out_dir``)
     dice.csv        mode, n_train, structure (+ "ALL"), mean, sd, n, n_missing   (Tables 1-2)
     com.csv         the same for the centre-of-mass distance in mm                (Tables 3-4)
     hd95.csv        the same for HD95 in mm
-    time.csv        mode, n_train, train_time_s / best_iteration / time_to_best_s mean and sd, n_runs
+    time.csv        mode, n_train, train_time_s / best_iteration / time_to_best_s / predict_s_per_case
+                    mean and sd, n_runs (predict_s_per_case of mode atlas: its whole time per test case)
     comparison.csv  n_train, structure, mode, dice_mode, dice_image, rel_change_pct, n_pairs, p_value
     figures/        dice_vs_n.png, loss_curves.png, overlay_<case>.png
 
@@ -44,8 +45,9 @@ from .sweep import SWEEP_KEYS
 from .sweep_stats import (ALPHA, COMPARED, MIN_PAIRS, MODE_ORDER, Run, compare, fmt_mean_sd, load_runs, p_text,
                           statement, summarize_metric, time_table)
 
-MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask"}
-MODE_COLOR = {"image": "tab:blue", "mask": "tab:orange", "image+mask": "tab:green"}
+MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask", "atlas": "multi-atlas"}
+MODE_COLOR = {"image": "tab:blue", "mask": "tab:orange", "image+mask": "tab:green", "atlas": "tab:gray"}
+# other modes: their name as title, matplotlib's next colour (lookups use .get)
 N_OVERLAYS = 3
 DPI = 100
 
@@ -359,11 +361,14 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
                 "mean (sd) in mm; [k missing]: results without a distance (empty prediction), left out of the mean.")]
     t = tables["time"]
     blocks += [("h2", "Training time"), ("table", ["N", "mode", "training time (s)", "best iteration",
-                                                   "time to best (s)", "runs"],
+                                                   "time to best (s)", "s per test case", "runs"],
                 [[r.n_train if r.mode == modes[0] else "", MODE_TITLE.get(r.mode, r.mode),
                   fmt_mean_sd(r.train_time_s_mean, r.train_time_s_sd, 0), fmt_mean_sd(r.best_iteration_mean, r.best_iteration_sd, 0),
-                  fmt_mean_sd(r.time_to_best_s_mean, r.time_to_best_s_sd, 0), r.n_runs] for r in t.itertuples()],
-                "mean (sd) over seeds, from each run's train/result.json.")]
+                  fmt_mean_sd(r.time_to_best_s_mean, r.time_to_best_s_sd, 0),
+                  fmt_mean_sd(r.predict_s_per_case_mean, r.predict_s_per_case_sd, 1), r.n_runs] for r in t.itertuples()],
+                "mean (sd) over seeds, from each run's train/result.json and done.json; s per test case: prediction, "
+                "or for multi-atlas its whole work per case (registrations, cache misses included, and fusion; "
+                "it has no training).")]
 
     def change(n, s, mode):
         r = comp[(comp["n_train"] == n) & (comp["structure"] == s) & (comp["mode"] == mode)].iloc[0]
@@ -375,7 +380,7 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
         return f"{r['rel_change_pct']:+.1f}% ({p_text(r['p_value'])}){star}"
 
     blocks += [("h2", "Mask-based inputs vs image only"),
-               ("table", ["N", "structure", *[f"{MODE_TITLE[m]} vs image only" for m in COMPARED]],
+               ("table", ["N", "structure", *[f"{MODE_TITLE.get(m, m)} vs image only" for m in COMPARED]],
                 grouped(lambda n, s: [change(n, s, m) for m in COMPARED]),
                 f"Relative change of mean Dice, 100·(mode − image)/image, over pairs of the same test case and seed "
                 f"(and structure for 'mean (all)'); two-sided Wilcoxon signed-rank p; * p < {ALPHA:g}; no p with fewer "
