@@ -14,7 +14,8 @@ For a target scan and N atlases (scans with their label maps, e.g. a sweep job's
 
 There is no training. Transforms are cached per (atlas case, target case) pair in
 ``WORK/gbmseg_atlas/<key>/<atlas>_to_<target>.tfm`` (``key`` names the registration recipe), so
-nested training sets (N=1 within N=2 ...) and every seed of a sweep register each pair once.
+nested training sets (N=1 within N=2 ...) and every seed of a sweep register each pair once (jobs
+running side by side may both register a pair: the result is the same, and each write is atomic).
 
 Example:
     >>> label, stats = segment_case(Dataset("Dataset001"), "head_001", ["head_002", "head_003"])  # doctest: +SKIP
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -74,13 +76,18 @@ def _extent(image: sitk.Image) -> float:
 
 def register_atlas(atlas: sitk.Image, target: sitk.Image) -> sitk.Transform:
     """The transform of ``target`` points to ``atlas`` points: rigid + affine (the smaller field of
-    view fixed), then B-spline (target fixed). ``sitk.Resample(atlas_label, target, transform,
+    view fixed), then B-spline (target fixed; if that stage fails, the affine result with a warning).
+    ``sitk.Resample(atlas_label, target, transform,
     sitk.sitkNearestNeighbor)`` is the atlas label on the target grid."""
     if _extent(target) <= _extent(atlas):
         affine = register(atlas, target)
     else:
         affine = register(target, atlas).GetInverse()
-    return register_deformable(atlas, target, affine)
+    try:
+        return register_deformable(atlas, target, affine)
+    except GbmsegError as exc:  # e.g. the affine left too little overlap: its result is the best there is
+        warnings.warn(f"{exc}; keeping the affine registration", stacklevel=2)
+        return affine
 
 
 def cache_key(recipe: dict | None = None) -> str:

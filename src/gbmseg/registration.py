@@ -51,7 +51,7 @@ PHANTOM_SEED, PHANTOM_SPACING, PHANTOM_SIZE = 99, 2.5, 96
 SEED = 20240607  # metric sampling seed: registration is deterministic
 WORK_SPACING = 4.0  # mm, the resolution registration runs at
 MARGIN_MM = 20.0  # how far the scan's mask may reach beyond the warped template mask
-BSPLINE_GRID_MM = 40.0  # control-point spacing of the deformable stage
+BSPLINE_GRID_MM = 60.0  # control-point spacing of the deformable stage
 BSPLINE_ITERATIONS = 20  # L-BFGS-B iterations per level of the deformable stage
 BSPLINE_SAMPLING = 0.05  # fraction of the voxels the deformable stage samples
 MAX_SCALE = 2.0  # an affine stage that scales by more than this (or less than 1/this) is dropped
@@ -202,6 +202,7 @@ def register_deformable(moving: sitk.Image, fixed: sitk.Image, initial: sitk.Tra
     if initial is not None:
         out.AddTransform(initial)
     out.AddTransform(bspline)
+    out.FlattenTransform()  # no composite within a composite: a .tfm file holds one level
     return out
 
 
