@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gbmseg.atlas import cache_key, majority_vote, segment_case
+from gbmseg.atlas import cache_key, local_weighted_vote, majority_vote, segment_case
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
 from gbmseg.global_masks import make_dataset_masks
@@ -48,6 +48,21 @@ def test_majority_vote(votes, expected):
     assert majority_vote([np.array(v) for v in votes], [1, 2, 3]).tolist() == expected
 
 
+def test_local_weighted_vote_trusts_the_atlas_that_looks_like_the_target():
+    target = np.zeros((1, 1, 6), np.float32)
+    target[..., 3:] = 100.0
+    good = target.copy()                              # matches the target everywhere
+    bad = np.where(np.arange(6) < 3, 100.0, 0.0)[None, None].astype(np.float32)  # the opposite
+    labels = [np.array([[[0, 0, 0, 1, 1, 1]]]), np.array([[[1, 1, 1, 0, 0, 0]]])]
+    fused = local_weighted_vote(labels, [good, bad], target, [1], sigma_mm=0.5)
+    assert fused.tolist() == labels[0].tolist()       # majority_vote would give all background (1-1 ties)
+    assert majority_vote(labels, [1]).tolist() == [[[0] * 6]]
+    same = local_weighted_vote(labels, [good, good], target, [1], sigma_mm=0.5)
+    assert same.tolist() == [[[0] * 6]]               # equal weights: a tie, background
+    with pytest.raises(GbmsegError, match="2 label maps, 1 images"):
+        local_weighted_vote(labels, [good], target, [1])
+
+
 def test_majority_vote_of_nothing_is_an_error():
     with pytest.raises(GbmsegError, match="no label map"):
         majority_vote([], [1])
@@ -79,12 +94,12 @@ def test_sweep_mode_atlas_writes_metrics_done_and_the_report_time(phantoms, tmp_
     preset.write_text(json.dumps(tiny_config().to_dict()))
     with pytest.raises(GbmsegError, match="unknown mode 'atlases'"):
         plan_sweep(phantoms, tmp_path / "bad", modes=["atlases"], sizes=[1], preset=str(preset), val=VAL, test=TEST)
-    sweep = plan_sweep(phantoms, tmp_path / "sweep", modes=["atlas"], sizes=[1, 2], seeds=[0], preset=str(preset),
-                       val=VAL, test=TEST)
+    sweep = plan_sweep(phantoms, tmp_path / "sweep", modes=["atlas", "atlas-lw"], sizes=[1, 2], seeds=[0],
+                       preset=str(preset), val=VAL, test=TEST)
     metrics = run_sweep(sweep, progress=False)
-    assert set(metrics["mode"]) == {"atlas"} and set(metrics["n_train"]) == {1, 2}
-    for n in (1, 2):
-        job = sweep / "runs" / f"atlas_n{n:02d}_seed0"
+    assert set(metrics["mode"]) == {"atlas", "atlas-lw"} and set(metrics["n_train"]) == {1, 2}
+    for mode, n in [("atlas", 1), ("atlas-lw", 1), ("atlas-lw", 2), ("atlas", 2)]:
+        job = sweep / "runs" / f"{mode}_n{n:02d}_seed0"
         done = json.loads((job / "done.json").read_text())
         assert {"id", "mean_dice", "train", "predict_s_per_case", "job_wall_s", "finished"} <= set(done)
         assert done["train"]["iterations"] == 0 and done["train"]["stop_reason"] == "atlas"
@@ -93,8 +108,10 @@ def test_sweep_mode_atlas_writes_metrics_done_and_the_report_time(phantoms, tmp_
         assert (job / "predictions" / f"{TEST[0]}.nii.gz").exists()
         rows = pd.read_csv(job / "metrics.csv")
         assert set(rows["structure"]) == {"brainstem", "eye_left", "eye_right"} and (rows["job"] == done["id"]).all()
+        if mode == "atlas-lw":  # atlas ran first: every pair is cached
+            assert done["registrations_cached"] == n
     assert done["registrations_cached"] >= 1  # N=1's atlas is in N=2's set
     html = make_report(sweep).read_text()
-    assert "multi-atlas" in html and "s per test case" in html
+    assert "multi-atlas" in html and "multi-atlas (local weights)" in html and "s per test case" in html
     time_csv = pd.read_csv(sweep / "report" / "time.csv")
     assert (time_csv.loc[time_csv["mode"] == "atlas", "predict_s_per_case_mean"] > 0).all()

@@ -45,8 +45,10 @@ from .sweep import SWEEP_KEYS
 from .sweep_stats import (ALPHA, COMPARED, MIN_PAIRS, MODE_ORDER, Run, compare, fmt_mean_sd, load_runs, p_text,
                           statement, summarize_metric, time_table)
 
-MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask", "atlas": "multi-atlas"}
-MODE_COLOR = {"image": "tab:blue", "mask": "tab:orange", "image+mask": "tab:green", "atlas": "tab:gray"}
+MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask", "atlas": "multi-atlas",
+              "atlas-lw": "multi-atlas (local weights)"}
+MODE_COLOR = {"image": "tab:blue", "mask": "tab:orange", "image+mask": "tab:green", "atlas": "tab:gray",
+              "atlas-lw": "tab:brown"}
 # other modes: their name as title, matplotlib's next colour (lookups use .get)
 N_OVERLAYS = 3
 DPI = 100

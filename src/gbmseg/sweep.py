@@ -13,7 +13,7 @@ A sweep folder::
     mask_quality.csv             global masks scored against the union of the labels
     report/                      written by :mod:`gbmseg.report`
 
-Mode ``atlas`` (:data:`SWEEP_MODES`) trains nothing: the job's training cases are the atlases of
+Modes ``atlas`` and ``atlas-lw`` (:data:`SWEEP_MODES`) train nothing: the job's training cases are the atlases of
 every test case (:mod:`gbmseg.atlas`); its ``predict_s_per_case`` is the atlas time per test case.
 
 Training subsets are nested per seed: the seed's permutation of the training pool, first N cases,
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -153,11 +154,12 @@ def _train_and_predict(job: dict, job_dir: Path, ds: Dataset, device: str | None
     return result, {"predict_s_per_case": (time.time() - t0) / max(1, len(job["test"]))}
 
 
-def _atlas(job: dict, job_dir: Path, ds: Dataset, device: str | None, progress: bool) -> tuple[dict, dict]:
-    """Mode ``atlas``: no training; the training cases are the atlases of every test case
-    (:mod:`gbmseg.atlas`). ``predict_s_per_case`` is the atlas time per test case (registrations, cache
-    misses included, and fusion)."""
-    stats = segment_cases(ds, job["test"], job["train"], job_dir / "predictions", progress=progress)
+def _atlas(job: dict, job_dir: Path, ds: Dataset, device: str | None, progress: bool,
+           fusion: str = "majority") -> tuple[dict, dict]:
+    """Modes ``atlas`` (majority vote) and ``atlas-lw`` (locally weighted vote): no training; the
+    training cases are the atlases of every test case (:mod:`gbmseg.atlas`). ``predict_s_per_case``
+    is the atlas time per test case (registrations, cache misses included, and fusion)."""
+    stats = segment_cases(ds, job["test"], job["train"], job_dir / "predictions", fusion=fusion, progress=progress)
     result = {"iterations": 0, "train_time_s": 0.0, "best_iteration": 0, "time_to_best_s": 0.0, "learned": True,
               "stop_reason": "atlas", "device": "cpu"}
     return result, {"predict_s_per_case": stats["seconds_per_case"], "registrations": stats["registrations"],
@@ -165,7 +167,7 @@ def _atlas(job: dict, job_dir: Path, ds: Dataset, device: str | None, progress: 
 
 
 # how each mode runs: the U-Net input modes of config.MODES, and the multi-atlas baseline
-SWEEP_MODES = {**{m: _train_and_predict for m in MODES}, "atlas": _atlas}
+SWEEP_MODES = {**{m: _train_and_predict for m in MODES}, "atlas": _atlas, "atlas-lw": partial(_atlas, fusion="local")}
 
 
 def run_job(job_dir: str | Path, device: str | None = None, progress: bool = True) -> dict:
