@@ -1,4 +1,4 @@
-"""Multi-atlas segmentation: the pre-U-Net baseline (sweep mode ``atlas``).
+"""Multi-atlas segmentation: the pre-U-Net baseline (sweep modes ``atlas`` and ``atlas-lw``).
 
 For a target scan and N atlases (scans with their label maps, e.g. a sweep job's training cases):
 
@@ -47,8 +47,8 @@ from .io import from_array, read_image, to_array, write_image, write_transform
 from .registration import (BSPLINE_GRID_MM, BSPLINE_ITERATIONS, BSPLINE_SAMPLING, SEED, STAGES, WORK_SPACING,
                            register, register_deformable)
 
-__all__ = ["FUSIONS", "majority_vote", "local_weighted_vote", "register_atlas", "cache_key", "atlas_transform", "warp_label", "segment",
-           "segment_case", "segment_cases"]
+__all__ = ["FUSIONS", "majority_vote", "local_weighted_vote", "register_atlas", "cache_key", "atlas_transform",
+           "warp_label", "segment", "segment_case", "segment_cases"]
 
 FUSIONS = ("majority", "local")  # majority vote; locally weighted vote
 SIGMA_MM = 3.0  # Gaussian window of the locally weighted vote
@@ -98,7 +98,8 @@ def local_weighted_vote(labels: Sequence[np.ndarray], images: Sequence[np.ndarra
     lo, hi = window if window is not None else np.percentile(target, [1, 99])
     t = np.clip(target.astype(np.float32), lo, hi)
     sigma = [sigma_mm / float(s) for s in spacing_zyx]
-    weights = [1.0 / (1e-6 * (hi - lo) ** 2 + ndimage.gaussian_filter((np.clip(im.astype(np.float32), lo, hi) - t) ** 2, sigma))
+    floor = 1e-6 * float(hi - lo) ** 2  # no division by zero where an atlas matches exactly
+    weights = [1.0 / (floor + ndimage.gaussian_filter((np.clip(im.astype(np.float32), lo, hi) - t) ** 2, sigma))
                for im in images]
     candidates = sorted({0, *(int(v) for v in values)})
     scores = np.stack([sum(w * (np.asarray(lab) == v) for w, lab in zip(weights, labels)) for v in candidates])

@@ -151,10 +151,10 @@ def register_deformable(moving: sitk.Image, fixed: sitk.Image, initial: sitk.Tra
                         spacing: float = WORK_SPACING, seed: int = SEED) -> sitk.CompositeTransform:
     """Refine ``initial`` (e.g. :func:`register`'s rigid + affine) by a cubic B-spline stage.
 
-    The B-spline's control points lie about ``grid_mm`` apart over ``fixed``'s extent. Mattes mutual information (32 bins,
-    5 % of the voxels sampled with ``seed``), L-BFGS-B for at most ``iterations`` per level, on
-    copies at ``spacing`` mm (shrink factors 2, 1; smoothing 1, 0 voxels); single-threaded, so
-    results are identical run to run.
+    The B-spline's control points lie about ``grid_mm`` apart over ``fixed``'s extent. Mattes
+    mutual information (32 bins, 5 % of the voxels sampled with ``seed``), L-BFGS-B for at most
+    ``iterations`` per level, on copies at ``spacing`` mm (shrink factors 2, 1; smoothing 1, 0
+    voxels); single-threaded, so results are identical run to run.
 
     Args:
         moving: the image to align (e.g. an atlas image).

@@ -367,7 +367,8 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
                 [[r.n_train if r.mode == modes[0] else "", MODE_TITLE.get(r.mode, r.mode),
                   fmt_mean_sd(r.train_time_s_mean, r.train_time_s_sd, 0), fmt_mean_sd(r.best_iteration_mean, r.best_iteration_sd, 0),
                   fmt_mean_sd(r.time_to_best_s_mean, r.time_to_best_s_sd, 0),
-                  fmt_mean_sd(r.predict_s_per_case_mean, r.predict_s_per_case_sd, 1), r.n_runs] for r in t.itertuples()],
+                  fmt_mean_sd(r.predict_s_per_case_mean, r.predict_s_per_case_sd, 1), r.n_runs]
+                 for r in t.itertuples()],
                 "mean (sd) over seeds, from each run's train/result.json and done.json; s per test case: prediction, "
                 "or for multi-atlas its whole work per case (registrations, cache misses included, and fusion; "
                 "it has no training).")]

@@ -178,7 +178,8 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
         return read_json(done)
     job = read_json(job_dir / "job.json", JOB_KEYS, "sweep job record")
     if job["mode"] not in SWEEP_MODES:
-        raise GbmsegError(f"{job_dir / 'job.json'}: unknown mode '{job['mode']}' (choose from {', '.join(SWEEP_MODES)})")
+        raise GbmsegError(f"{job_dir / 'job.json'}: unknown mode '{job['mode']}' "
+                          f"(choose from {', '.join(SWEEP_MODES)})")
     ds = Dataset(job["dataset"], work=job["work"])
     start = time.time()
     result, timing = SWEEP_MODES[job["mode"]](job, job_dir, ds, device, progress)
