@@ -22,7 +22,7 @@ LAYERS = [
     ["training", "inference"],           # the engine; a model applied on its grid
     ["mask_model"],                      # learned whole-organ masks
     ["global_masks"],                    # the one entry point for global masks (method registry)
-    ["predict", "export_nnunet"],        # two-stage prediction: mask, then segmentation; nnU-Net raw export
+    ["predict", "export_nnunet", "atlas"],  # two-stage prediction: mask, then segmentation; nnU-Net raw export; multi-atlas segmentation
     ["export_dicom"],                    # label maps out as DICOM-SEG / RTSTRUCT against the source series
     ["cross_modality"],                  # a sweep's jobs also tested on another dataset (--also-test)
     ["sweep"],

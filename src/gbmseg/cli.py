@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = dataset_cmd("sweep", "The paper's experiment: modes x training-set sizes x seeds, then a report")
     config_args(s)
     s.add_argument("--modes", default="image,mask,image+mask",
-                   help="comma-separated: image, mask, image+mask, and the controls image+coords, image+sdm")
+                   help="comma-separated: U-Net input modes image, mask, image+mask, the controls image+coords, "
+                        "image+sdm, and the multi-atlas baselines atlas, atlas-lw")
     s.add_argument("--sizes", default="1,2,4,8,16,26", help="training-set sizes (capped at what the dataset has)")
     s.add_argument("--seeds", type=int, default=3, help="number of seeds (training subsets and initialisations)")
     s.add_argument("--val-fraction", type=float, default=0.2)

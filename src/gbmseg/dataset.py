@@ -156,6 +156,10 @@ class Dataset:
         """``WORK/gbmseg_preprocessed/<preset>_<key>``: ``key`` identifies the settings and masks that made it."""
         return self.work / "gbmseg_preprocessed" / f"{preset}_{key}"
 
+    def atlas_dir(self, key: str) -> Path:
+        """``WORK/gbmseg_atlas/<key>``: cached atlas -> target transforms of registration recipe ``key``."""
+        return self.work / "gbmseg_atlas" / key
+
     @property
     def mask_model_dir(self) -> Path:
         return self.work / "mask_model_data"

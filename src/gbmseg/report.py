@@ -8,7 +8,8 @@ jobs are skipped and counted) and writes into ``SWEEP/report/`` (or ``out_dir``)
     dice.csv        mode, n_train, structure (+ "ALL"), mean, sd, n, n_missing   (Tables 1-2)
     com.csv         the same for the centre-of-mass distance in mm                (Tables 3-4)
     hd95.csv        the same for HD95 in mm
-    time.csv        mode, n_train, train_time_s / best_iteration / time_to_best_s mean and sd, n_runs
+    time.csv        mode, n_train, train_time_s / best_iteration / time_to_best_s / predict_s_per_case
+                    mean and sd, n_runs (predict_s_per_case of mode atlas: its whole time per test case)
     comparison.csv  n_train, structure, mode, dice_mode, dice_image, rel_change_pct, n_pairs, p_value
     comparison_vs_image_mask.csv   (when image+mask is in the sweep) every other mode against it:
                     n_train, structure, mode, base, dice_mode, dice_base, dice_diff, n_pairs, p_dice,
@@ -52,10 +53,10 @@ from .sweep_stats import (ALPHA, COLLAPSES, HOLDS, MIN_PAIRS, REFERENCE, Run, co
                           order_modes, p_text, statement, summarize_metric, time_table)
 
 MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask", "image+coords": "image+coords",
-              "image+sdm": "image+SDM", "atlas": "multi-atlas"}
+              "image+sdm": "image+SDM", "atlas": "multi-atlas", "atlas-lw": "multi-atlas (local weights)"}
 MODE_COLOR = {"image": "tab:blue", "mask": "tab:orange", "image+mask": "tab:green", "image+coords": "tab:red",
-              "image+sdm": "tab:purple", "atlas": "tab:brown"}
-FALLBACK_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "tab:gray", "black", "gold", "navy", "teal"]
+              "image+sdm": "tab:purple", "atlas": "tab:gray", "atlas-lw": "tab:brown"}
+FALLBACK_COLORS = ["tab:pink", "tab:olive", "tab:cyan", "black", "gold", "navy", "teal"]
 _EXTRA_COLOR: dict[str, str] = {}
 N_OVERLAYS = 3
 DPI = 100
@@ -484,11 +485,15 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
                 "mean (sd) in mm; [k missing]: results without a distance (empty prediction), left out of the mean.")]
     t = tables["time"]
     blocks += [("h2", "Training time"), ("table", ["N", "mode", "training time (s)", "best iteration",
-                                                   "time to best (s)", "runs"],
+                                                   "time to best (s)", "s per test case", "runs"],
                 [[r.n_train if r.mode == modes[0] else "", MODE_TITLE.get(r.mode, r.mode),
                   fmt_mean_sd(r.train_time_s_mean, r.train_time_s_sd, 0), fmt_mean_sd(r.best_iteration_mean, r.best_iteration_sd, 0),
-                  fmt_mean_sd(r.time_to_best_s_mean, r.time_to_best_s_sd, 0), r.n_runs] for r in t.itertuples()],
-                "mean (sd) over seeds, from each run's train/result.json.")]
+                  fmt_mean_sd(r.time_to_best_s_mean, r.time_to_best_s_sd, 0),
+                  fmt_mean_sd(r.predict_s_per_case_mean, r.predict_s_per_case_sd, 1), r.n_runs]
+                 for r in t.itertuples()],
+                "mean (sd) over seeds, from each run's train/result.json and done.json; s per test case: prediction, "
+                "or for multi-atlas its whole work per case (registrations, cache misses included, and fusion; "
+                "it has no training).")]
 
     def change(n, s, mode):
         r = comp[(comp["n_train"] == n) & (comp["structure"] == s) & (comp["mode"] == mode)].iloc[0]

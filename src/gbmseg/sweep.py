@@ -6,7 +6,7 @@ A sweep folder::
     runs/<mode>_n<NN>_seed<S>/   one independent, self-describing job
         job.json                 everything needed to run it (dataset, work folder, cases, config,
                                  and the mask record and cache key it was planned with)
-        train/                   the training run (see :mod:`gbmseg.training`)
+        train/                   the training run (see :mod:`gbmseg.training`; none for mode atlas)
         predictions/<case>.nii.gz  test-set predictions in the images' own geometry
         metrics.csv              evaluation rows (+ job, mode, n_train, seed)
         predictions_<NAME>/, metrics_<NAME>.csv   with --also-test: another dataset's cases
@@ -15,6 +15,9 @@ A sweep folder::
     mask_quality.csv             global masks scored against the union of the labels
     mask_agreement_<NAME>.csv    with --also-test: the other dataset's masks vs this one's, same case ids
     report/                      written by :mod:`gbmseg.report`
+
+Modes ``atlas`` and ``atlas-lw`` (:data:`SWEEP_MODES`) train nothing: the job's training cases are the atlases of
+every test case (:mod:`gbmseg.atlas`); its ``predict_s_per_case`` is the atlas time per test case.
 
 Training subsets are nested per seed: the seed's permutation of the training pool, first N cases,
 so the N=2 set contains the N=1 set. Finished jobs are skipped on restart; an interrupted job
@@ -33,12 +36,14 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
+from .atlas import segment_cases
 from .config import MODES, Config, load_config
 from .cross_modality import finish_also_test, mask_agreement, pending, plan_also_test, predict_also_test
 from .dataset import Dataset, split_cases
@@ -78,8 +83,8 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
     out = Path(out_dir)
     modes = modes or list(MODES)
     for m in modes:
-        if m not in MODES:
-            raise GbmsegError(f"unknown mode '{m}' (choose from {', '.join(MODES)})")
+        if m not in SWEEP_MODES:
+            raise GbmsegError(f"unknown mode '{m}' (choose from {', '.join(SWEEP_MODES)})")
     seeds = seeds if seeds is not None else [0]
     config = load_config(preset, overrides)
     cases = dataset.cases
@@ -145,20 +150,15 @@ def jobs(sweep_dir: str | Path) -> list[Path]:
             for s in sweep["seeds"] for n in sweep["sizes"] for m in sweep["modes"]]
 
 
-def run_job(job_dir: str | Path, device: str | None = None, progress: bool = True) -> dict:
-    """Train, predict the test cases and evaluate one job; skip what is already done."""
-    job_dir = Path(job_dir)
-    done = job_dir / "done.json"
-    if done.exists():  # finished; an also-test planned after it finished is run now
-        return finish_also_test(job_dir, device=device)
-    job = read_json(job_dir / "job.json", JOB_KEYS, "sweep job record")
-    ds = Dataset(job["dataset"], work=job["work"])
+def _train_and_predict(job: dict, job_dir: Path, ds: Dataset, device: str | None, progress: bool):
+    """A U-Net mode: train on the job's training cases, predict its test cases into ``predictions/``.
+    Returns the training result, ``{"predict_s_per_case": ...}`` and the model (None when the job
+    was trained and predicted already, here or on another machine: then it is only evaluated)."""
     config = Config.from_dict(job["config"], source=str(job_dir / "job.json"), record=True)
     masks = ds.read_mask_record()
     if "masks" in job and masks != job["masks"]:
         raise GbmsegError(f"{ds.mask_record_path}: the global masks changed since {job_dir / 'job.json'} was "
                           f"planned (now '{masks['method']}', planned '{job['masks']['method']}'); plan a new sweep")
-    start = time.time()
     cache = preprocess_dataset(ds, config, progress=progress,  # its own cache: a no-op when already made
                                plan_cases=job.get("plan_cases"))
     if "cache_key" in job and cache.name != f"{config.name}_{job['cache_key']}":
@@ -166,25 +166,54 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
                           f"(key {job['cache_key']})")
     pred_dir = job_dir / "predictions"
     todo = [c for c in job["test"] if not (pred_dir / f"{c}.nii.gz").exists()]
-    t0, model = time.time(), None
-    if todo or not (job_dir / "train" / "result.json").exists():
-        result = train(cache, job["mode"], job["train"], job["val"], config, job_dir / "train",
-                       seed=job["seed"], device=device, progress=progress)
-        model = load_model(job_dir / "train", device=device)
-        t0 = time.time()
-        for case in todo:
-            predict_file(model, ds.image_path(case), pred_dir / f"{case}.nii.gz", mask_path=ds.mask_path(case))
-    else:  # trained and predicted already (an interrupted job, or one whose training ran elsewhere)
-        result = read_json(job_dir / "train" / "result.json")
-    predict_s = time.time() - t0 if todo else None
+    if not todo and (job_dir / "train" / "result.json").exists():
+        return read_json(job_dir / "train" / "result.json"), {"predict_s_per_case": None}, None
+    result = train(cache, job["mode"], job["train"], job["val"], config, job_dir / "train",
+                   seed=job["seed"], device=device, progress=progress)
+    model = load_model(job_dir / "train", device=device)
+    t0 = time.time()
+    for case in todo:
+        predict_file(model, ds.image_path(case), pred_dir / f"{case}.nii.gz", mask_path=ds.mask_path(case))
+    return result, {"predict_s_per_case": (time.time() - t0) / len(todo) if todo else None}, model
+
+
+def _atlas(job: dict, job_dir: Path, ds: Dataset, device: str | None, progress: bool,
+           fusion: str = "majority"):
+    """Modes ``atlas`` (majority vote) and ``atlas-lw`` (locally weighted vote): no training; the
+    training cases are the atlases of every test case (:mod:`gbmseg.atlas`). ``predict_s_per_case``
+    is the atlas time per test case (registrations, cache misses included, and fusion)."""
+    stats = segment_cases(ds, job["test"], job["train"], job_dir / "predictions", fusion=fusion, progress=progress)
+    result = {"iterations": 0, "train_time_s": 0.0, "best_iteration": 0, "time_to_best_s": 0.0, "learned": True,
+              "stop_reason": "atlas", "device": "cpu"}
+    return result, {"predict_s_per_case": stats["seconds_per_case"], "registrations": stats["registrations"],
+                    "registrations_cached": stats["registrations_cached"]}, None
+
+
+# how each mode runs: the U-Net input modes of config.MODES, and the multi-atlas baseline
+SWEEP_MODES = {**{m: _train_and_predict for m in MODES}, "atlas": _atlas, "atlas-lw": partial(_atlas, fusion="local")}
+
+
+def run_job(job_dir: str | Path, device: str | None = None, progress: bool = True) -> dict:
+    """Train (or not: ``atlas``), predict the test cases and evaluate one job; skip what is already done."""
+    job_dir = Path(job_dir)
+    done = job_dir / "done.json"
+    if done.exists():  # finished; an also-test planned after it finished is run now
+        return finish_also_test(job_dir, device=device)
+    job = read_json(job_dir / "job.json", JOB_KEYS, "sweep job record")
+    if job["mode"] not in SWEEP_MODES:
+        raise GbmsegError(f"{job_dir / 'job.json'}: unknown mode '{job['mode']}' "
+                          f"(choose from {', '.join(SWEEP_MODES)})")
+    ds = Dataset(job["dataset"], work=job["work"])
+    start = time.time()
+    result, timing, model = SWEEP_MODES[job["mode"]](job, job_dir, ds, device, progress)
+    pred_dir = job_dir / "predictions"
     df = evaluate_folder(pred_dir, ds.label_path(job["test"][0]).parent, labels=ds.labels,
                          file_ending=".nii.gz", cases=job["test"])
     df = df.assign(job=job["id"], mode=job["mode"], n_train=job["n_train"], seed=job["seed"])
     write_text(df.to_csv(index=False), job_dir / "metrics.csv")
-    summary = {"id": job["id"], "mean_dice": float(df["dice"].mean()), "train": result,
-               "predict_s_per_case": predict_s / len(todo) if todo else None,
-               "job_wall_s": time.time() - start,
+    summary = {"id": job["id"], "mean_dice": float(df["dice"].mean()), "train": result, **timing,
                "also_test": predict_also_test(job_dir, job, model, device),  # {} without --also-test
+               "job_wall_s": time.time() - start,
                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json(summary, done)
     return summary
@@ -216,6 +245,9 @@ def prepare_sweep(sweep_dir: str | Path, workers: int = 1, progress: bool = True
 def job_line(summary: dict) -> str:
     """The progress line of a finished job."""
     learned = summary["train"].get("learned", True)
+    if summary["train"].get("stop_reason") == "atlas":
+        return (f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
+                f"(multi-atlas, {summary['predict_s_per_case']:.0f} s per test case)")
     return (f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
             f"({summary['train']['iterations']} iterations, {summary['train']['train_time_s']:.0f} s training)"
             + "".join(f"; on {name} {dice:.3f}" for name, dice in (summary.get("also_test") or {}).items())

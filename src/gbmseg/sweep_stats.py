@@ -51,6 +51,7 @@ class Run:
     seed: int
     result: dict
     history: pd.DataFrame | None
+    done: dict | None = None  # done.json: predict_s_per_case (the atlas time per case for mode atlas), ...
 
 
 def _json(path: Path) -> dict | None:
@@ -77,8 +78,10 @@ def load_runs(sweep_dir: Path) -> tuple[list[Run], pd.DataFrame, list[str]]:
             continue
         job = read_json(job_dir / "job.json")  # written by the sweep: id, mode, n_train, seed
         hist = job_dir / "train" / "history.csv"
+        done = _json(job_dir / "done.json") or {}
+        result = _json(job_dir / "train" / "result.json") or done.get("train") or {}  # atlas: no train/ folder
         runs.append(Run(job_dir, job["id"], job["mode"], int(job["n_train"]), int(job["seed"]),
-                        _json(job_dir / "train" / "result.json") or {}, pd.read_csv(hist) if hist.exists() else None))
+                        result, pd.read_csv(hist) if hist.exists() else None, done))
         if (job_dir / "metrics.csv").exists():  # already carries job, mode, n_train, seed (see sweep.run_job)
             frames.append(pd.read_csv(job_dir / "metrics.csv"))
     columns = ["case", "structure", "dice", "com_mm", "hd95_mm", "status", "job", "mode", "n_train", "seed"]
@@ -102,8 +105,11 @@ def summarize_metric(metrics: pd.DataFrame, column: str, modes, sizes, structure
 
 
 def time_table(runs: list[Run], modes, sizes) -> pd.DataFrame:
-    keys = ["train_time_s", "best_iteration", "time_to_best_s"]
-    df = pd.DataFrame([dict(mode=r.mode, n_train=r.n_train, **{k: r.result.get(k, np.nan) for k in keys})
+    """mean and sd of training time, best iteration, time to best and seconds per test case
+    (prediction; for mode atlas its whole work: registrations and fusion) per N x mode."""
+    keys = ["train_time_s", "best_iteration", "time_to_best_s", "predict_s_per_case"]
+    df = pd.DataFrame([dict(mode=r.mode, n_train=r.n_train, **{k: r.result.get(k, np.nan) for k in keys[:3]},
+                            predict_s_per_case=(r.done or {}).get("predict_s_per_case", np.nan))
                        for r in runs], columns=["mode", "n_train", *keys])
     rows = []
     for n in sizes:
