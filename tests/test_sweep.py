@@ -138,3 +138,30 @@ def test_masks_remade_with_another_method_make_an_existing_job_refuse(tmp_path):
         run_job(job_dir, progress=False)
     assert "\n" not in str(err.value)
     assert not (job_dir / "train").exists()  # refused before training started
+
+
+
+def test_a_sweep_may_gain_modes_but_not_lose_them(tmp_path):
+    ds, sweep = _toy_sweep(tmp_path, sizes=(1,))
+    before = {j.name: (j / "job.json").read_text() for j in jobs(sweep)}
+    plan = dict(sizes=[1], seeds=[0], preset=str(tmp_path / "tiny.json"), val=["toy_000"], test=["toy_001"])
+    plan_sweep(ds, sweep, modes=["image", "image+mask", "image+coords"], **plan)
+    assert json.loads((sweep / "sweep.json").read_text())["modes"] == ["image", "image+mask", "image+coords"]
+    assert [j.name for j in jobs(sweep)] == ["image_n01_seed0", "image+mask_n01_seed0", "image+coords_n01_seed0"]
+    assert all((sweep / "runs" / name / "job.json").read_text() == text for name, text in before.items())
+    with pytest.raises(GbmsegError, match="only gain modes"):
+        plan_sweep(ds, sweep, modes=["image"], **plan)
+
+
+def test_a_job_trained_and_predicted_elsewhere_is_only_evaluated(tmp_path):
+    """benchmarks/gpu_jobs.py brings back train/result.json and the predictions, not the model."""
+    ds, sweep = _toy_sweep(tmp_path, sizes=(1,))
+    run_sweep(sweep, progress=False)
+    job = jobs(sweep)[0]
+    metrics = pd.read_csv(job / "metrics.csv")
+    for name in ("done.json", "metrics.csv", "train/model.pt", "train/last.pt"):
+        (job / name).unlink(missing_ok=True)
+    run_sweep(sweep, progress=False)
+    assert not (job / "train" / "model.pt").exists()  # not trained again
+    pd.testing.assert_frame_equal(pd.read_csv(job / "metrics.csv"), metrics)
+    assert json.loads((job / "done.json").read_text())["predict_s_per_case"] is None
