@@ -17,6 +17,7 @@ ids (head_MR beside head_CT) with masks made there by the same ``--mask-method``
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shutil
 import time
@@ -30,6 +31,18 @@ from gbmseg.report import make_report
 from gbmseg.sweep import plan_sweep, prepare_sweep, run_sweep
 
 HERE = Path(__file__).parent
+
+
+def where_trained(sweep_dir: Path) -> str:
+    """Where the sweep's runs were trained, from each run's config.json (device, host, torch)."""
+    counts: dict[str, int] = {}
+    for cfg in sorted(sweep_dir.glob("runs/*/train/config.json")):
+        rec = json.loads(cfg.read_text())
+        key = f"{rec.get('device')} on {rec.get('host')} (torch {rec.get('torch')}, amp {rec.get('amp')})"
+        counts[key] = counts.get(key, 0) + 1
+    atlas = len(list(sweep_dir.glob("runs/atlas*/done.json")))
+    return "trained: " + "; ".join(f"{n} runs {k}" for k, n in counts.items()) + (
+        f"; {atlas} atlas jobs (no training) here" if atlas else "")
 
 
 def main() -> None:
@@ -69,13 +82,14 @@ def main() -> None:
     html = make_report(sweep_dir)
     out = HERE / "results" / name
     out.mkdir(parents=True, exist_ok=True)
-    for f in html.parent.iterdir():
-        if f.suffix in (".md", ".csv", ".png"):
+    for f in [*html.parent.iterdir(), html.parent / "figures" / "dice_vs_n.png"]:
+        if f.suffix in (".md", ".csv", ".png") and f.exists():
             shutil.copy(f, out / f.name)
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    (out / "machine.txt").write_text(f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads, "
-                                     f"{dev}, torch {torch.__version__}; this invocation {time.time() - start:.0f} s; "
-                                     f"preset {args.preset} {' '.join(args.set)}\n")
+    (out / "machine.txt").write_text(f"this invocation (prediction and evaluation of jobs not done yet, report): "
+                                     f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads, "
+                                     f"{dev}, torch {torch.__version__}, {time.time() - start:.0f} s; "
+                                     f"preset {args.preset} {' '.join(args.set)}\n{where_trained(sweep_dir)}\n")
     print(f"report: {html}")
 
 
