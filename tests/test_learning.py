@@ -129,3 +129,25 @@ def test_split_convolution_equals_the_plain_convolution(channels, size):
     ga, = torch.autograd.grad(ya.square().sum(), x)
     gb, = torch.autograd.grad(yb.square().sum(), x)
     assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-3)
+
+
+def test_a_structure_whose_validation_dice_never_rises_is_named_in_the_result(toy_dataset, tmp_path):
+    """A mean validation Dice can hide a structure that never appears; result.json names it."""
+    from gbmseg.dataset import Dataset
+    from gbmseg.global_masks import make_dataset_masks
+    from gbmseg.preprocessing import preprocess_dataset
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import train
+
+    ds = Dataset(toy_dataset, work=tmp_path / "work")
+    make_dataset_masks(ds, "auto", progress=False)
+    cache = preprocess_dataset(ds, tiny_config(), progress=False)
+    # a floor above any Dice reachable in 10 iterations: every structure counts as not learned
+    cfg = tiny_config(max_iterations=10, val_interval=5)
+    cfg.set_value("training.dice_floor=0.999")
+    result = train(cache, "image+mask", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert result["structures_not_learned"] == list(ds.labels)
+    cfg2 = tiny_config(max_iterations=10, val_interval=5)
+    cfg2.set_value("training.dice_floor=-1")
+    result = train(cache, "image+mask", ds.cases[:4], ds.cases[4:], cfg2, tmp_path / "run2", progress=False)
+    assert result["structures_not_learned"] == []

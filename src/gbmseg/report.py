@@ -336,6 +336,11 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
     if not_learned:
         items.append(f"Runs that did not learn (validation Dice never rose above the floor; their test results are "
                      f"in the tables as they are): {', '.join(not_learned)}")
+    partly = [f"{r.id} ({', '.join(r.result['structures_not_learned'])})" for r in runs
+              if r.result.get("learned") is not False and r.result.get("structures_not_learned")]
+    if partly:
+        items.append("Runs in which a structure was not learned (its validation Dice never rose above the floor): "
+                     + "; ".join(partly))
     cov = read_json(sweep_dir / "coverage.json").get("warnings", []) if (sweep_dir / "coverage.json").exists() else []
     if cov:
         items.append("Label coverage of the model grid (training pool and validation cases): " + "; ".join(cov))

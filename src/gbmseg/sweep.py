@@ -251,7 +251,9 @@ def job_line(summary: dict) -> str:
     return (f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
             f"({summary['train']['iterations']} iterations, {summary['train']['train_time_s']:.0f} s training)"
             + "".join(f"; on {name} {dice:.3f}" for name, dice in (summary.get("also_test") or {}).items())
-            + ("" if learned else "  DID NOT LEARN (validation Dice never rose)"))
+            + ("" if learned else "  DID NOT LEARN (validation Dice never rose)")
+            + ("  NOT LEARNED: " + ", ".join(missing) if learned and (missing := summary["train"].get("structures_not_learned"))
+               else ""))
 
 
 def run_sweep(sweep_dir: str | Path, device: str | None = None, workers: int = 1, progress: bool = True) -> pd.DataFrame:

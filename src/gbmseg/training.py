@@ -35,6 +35,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -103,11 +104,17 @@ def network_input(case: dict[str, torch.Tensor], mode: str) -> torch.Tensor:
     return torch.cat([case[c] for c in channels_for_mode(mode)], 0)[None]
 
 
-def mean_dice(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> float:
-    """Mean Dice over structures (background excluded) of argmax ``pred`` (B,1,...) vs ``label`` (B,1,...)."""
+def structure_dice(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> np.ndarray:
+    """Dice per structure (background excluded; NaN where both are empty) of argmax ``pred``
+    (B,1,...) vs ``label`` (B,1,...), averaged over the batch."""
     onehot = lambda t: torch.nn.functional.one_hot(t[:, 0].long(), n_classes).movedim(-1, 1)
     d = compute_dice(onehot(pred), onehot(label), include_background=False, ignore_empty=True)
-    return float(torch.nanmean(d))
+    return torch.nanmean(d.float(), dim=0).cpu().numpy()
+
+
+def mean_dice(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> float:
+    """Mean Dice over structures (background excluded) of argmax ``pred`` (B,1,...) vs ``label`` (B,1,...)."""
+    return float(np.nanmean(structure_dice(pred, label, n_classes)))
 
 
 class StopSignals:
@@ -273,17 +280,22 @@ class Trainer:
         return float(loss.detach())
 
     def validate(self) -> tuple[float, float]:
-        """Mean loss and mean Dice over the validation cases, each predicted whole (no augmentation)."""
+        """Mean loss and mean Dice over the validation cases, each predicted whole (no augmentation);
+        the Dice per structure goes to ``self.last_structure_dice``."""
         self.net.eval()
-        losses, dices = [], []
+        losses, dices, per = [], [], []
         with torch.no_grad(), self._autocast():
             for case in self.val_data:
                 x = network_input(case, self.mode).to(self.device)
                 y = case["label"][None].long().to(self.device)
                 logits = predict_logits(self.net, x, self.patch).float()
                 losses.append(float(self.loss_fn(logits, y)))
-                dices.append(mean_dice(logits.argmax(1, keepdim=True), y, self.n_classes))
+                per.append(structure_dice(logits.argmax(1, keepdim=True), y, self.n_classes))
+                dices.append(float(np.nanmean(per[-1])))
         self.net.train()
+        with warnings.catch_warnings():  # a structure absent from every validation case: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.last_structure_dice = np.nanmean(np.stack(per), axis=0)
         return float(np.mean(losses)), float(np.nanmean(dices))
 
     def fit(self) -> dict:
@@ -335,14 +347,26 @@ class Trainer:
                   "iterations": self.state["iteration"], "train_time_s": round(self.state["elapsed"], 2),
                   "time_to_best_s": self.state.get("time_to_best", None),
                   "stop_reason": stop or "max_iterations", "device": str(self.device)}
+        best = self.state.get("structure_best")
+        if best is not None:  # structures whose validation Dice never passed the floor (NaN: never validated)
+            result["structures_not_learned"] = [name for name, b in zip(self._structure_names(), best)
+                                                if 0 <= b <= t.dice_floor]
         if not self.main:
             return result
         write_text(json.dumps(result, indent=2), self.out / "result.json")
         plot_history(self.out / "history.csv", self.out / "loss_curve.png")
         if not result["learned"]:
             self.log.warning("validation Dice never rose above %.2f: this run did not learn", t.dice_floor)
+        elif result.get("structures_not_learned"):
+            self.log.warning("validation Dice of %s never rose above %.2f: not learned",
+                             ", ".join(result["structures_not_learned"]), t.dice_floor)
         self.log.info("done: %s", result)
         return result
+
+    def _structure_names(self) -> list[str]:
+        """Label names in the order of the network's classes 1, 2, ..."""
+        labels = self.plan["labels"]
+        return sorted(labels, key=labels.get)
 
     def _interrupt(self, signum: int, start: float) -> None:
         """Write ``last.pt`` now and stop with :class:`Interrupted`."""
@@ -367,6 +391,11 @@ class Trainer:
             self.tracker.validation(row)
             self.log.info("it %d train_loss %.4f val_loss %.4f val_dice %.4f", it, row["train_loss"], val_loss,
                           val_dice)
+            best = self.state.setdefault("structure_best", [-1.0] * (self.n_classes - 1))
+            self.state["structure_best"] = [max(b, float(d)) if d == d else b
+                                            for b, d in zip(best, self.last_structure_dice)]
+            self.log.info("it %d val_dice per structure %s", it, " ".join(
+                f"{name} {d:.3f}" for name, d in zip(self._structure_names(), self.last_structure_dice)))
             improved = val_dice > self.state["best_dice"]
             stop = self.stopping.update(self.state, it, val_dice)
             if improved:
