@@ -165,3 +165,12 @@ def test_a_job_trained_and_predicted_elsewhere_is_only_evaluated(tmp_path):
     assert not (job / "train" / "model.pt").exists()  # not trained again
     pd.testing.assert_frame_equal(pd.read_csv(job / "metrics.csv"), metrics)
     assert json.loads((job / "done.json").read_text())["predict_s_per_case"] is None
+
+
+def test_without_modes_a_sweep_runs_the_papers_three(tmp_path):
+    """The controls (image+coords, image+sdm) and atlases are asked for, never added silently (the demo's time)."""
+    root = write_toy_dataset(tmp_path / "Toy", n=6, seed=2)
+    ds = Dataset(root, work=tmp_path / "work")
+    make_dataset_masks(ds, progress=False)
+    sweep = plan_sweep(ds, tmp_path / "sweep", sizes=[1], seeds=[0], preset="demo", val=["toy_000"], test=["toy_001"])
+    assert json.loads((sweep / "sweep.json").read_text())["modes"] == ["image", "mask", "image+mask"]

@@ -58,6 +58,9 @@ __all__ = ["split_cases", "training_subset", "job_id", "plan_sweep", "jobs", "ru
            "job_line", "run_sweep", "collect_metrics"]
 
 
+PAPER_MODES = ("image", "mask", "image+mask")  # a sweep's modes unless told: the paper's three
+
+
 def training_subset(pool: list[str], n: int, seed: int) -> list[str]:
     """The first ``n`` cases of the seed's permutation of ``pool`` (nested across n)."""
     order = sorted(pool)
@@ -81,7 +84,7 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
     ``also_test_masks`` where they have none (:mod:`gbmseg.cross_modality`). Re-planning may add
     them to a sweep planned without; planning again without them keeps the ones planned."""
     out = Path(out_dir)
-    modes = modes or list(MODES)
+    modes = modes or list(PAPER_MODES)
     for m in modes:
         if m not in SWEEP_MODES:
             raise GbmsegError(f"unknown mode '{m}' (choose from {', '.join(SWEEP_MODES)})")
