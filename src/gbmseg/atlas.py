@@ -48,7 +48,7 @@ from .registration import (BSPLINE_GRID_MM, BSPLINE_ITERATIONS, BSPLINE_SAMPLING
                            register, register_deformable)
 
 __all__ = ["FUSIONS", "majority_vote", "local_weighted_vote", "register_atlas", "cache_key", "atlas_transform",
-           "warp_label", "segment", "segment_case", "segment_cases"]
+           "warp_label", "segment_case", "segment_cases"]
 
 FUSIONS = ("majority", "local")  # majority vote; locally weighted vote
 SIGMA_MM = 3.0  # Gaussian window of the locally weighted vote
@@ -151,13 +151,6 @@ def atlas_transform(atlas_case: str, atlas: sitk.Image, target_case: str, target
 def warp_label(label: sitk.Image, target: sitk.Image, transform: sitk.Transform) -> np.ndarray:
     """``label`` on ``target``'s grid (nearest neighbour; 0 outside the atlas), as a ``[z, y, x]`` array."""
     return to_array(sitk.Resample(label, target, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
-
-
-def segment(target: sitk.Image, atlases: Sequence[tuple[sitk.Image, sitk.Image]], values: Sequence[int]
-            ) -> sitk.Image:
-    """Label map of ``target`` (its geometry, uint8) from ``(image, label)`` atlases, no cache."""
-    warped = [warp_label(label, target, register_atlas(image, target)) for image, label in atlases]
-    return from_array(majority_vote(warped, values), target)
 
 
 def segment_case(ds: Dataset, target_case: str, atlas_cases: Sequence[str], cache_dir: Path | None = None,

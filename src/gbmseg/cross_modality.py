@@ -23,8 +23,9 @@ Resuming: a finished job (``done.json``) whose job.json plans an also-test it ha
 (the sweep was planned again with ``--also-test`` after the job finished) gets only the also-test
 step on the next run: its trained model is loaded, the other dataset's cases are predicted and
 scored, and ``done.json`` is rewritten with ``also_test`` added; nothing is retrained. A job.json
-planned without ``--also-test`` never gets one. Only network modes are also-tested; other modes
-(``atlas``) are skipped (see :data:`SKIPPED_MODES`).
+planned without ``--also-test`` never gets one. Only network modes (:data:`gbmseg.config.MODES`) are
+also-tested; the atlas modes are skipped (their also-test would need the atlases' images and
+labels, not a model.pt; not wired yet).
 """
 
 from __future__ import annotations
@@ -44,13 +45,8 @@ from .global_masks import make_dataset_masks
 from .io import read_image, read_json, same_geometry, to_array, write_json, write_text
 from .predict import Model, load_model, predict_file
 
-__all__ = ["SKIPPED_MODES", "also_test_name", "check_same_labels", "also_test_cases", "plan_also_test",
+__all__ = ["also_test_name", "check_same_labels", "also_test_cases", "plan_also_test",
            "pending", "predict_also_test", "finish_also_test", "mask_agreement"]
-
-# Modes without a trained network (segmented by registration): their also-test needs the atlas's
-# training images and labels, not a model.pt; not wired yet, so their jobs are skipped here.
-SKIPPED_MODES = ("atlas",)
-
 
 def also_test_name(other: Dataset) -> str:
     """File-name-safe name of the other dataset: its folder name."""
@@ -109,7 +105,7 @@ def plan_also_test(ds: Dataset, others: list[Dataset], split: dict, method: str 
 
 
 def _skipped(job: dict) -> bool:
-    return job["mode"] in SKIPPED_MODES or job["mode"] not in MODES
+    return job["mode"] not in MODES  # atlas modes: no network
 
 
 def pending(job_dir: Path) -> bool:
@@ -133,11 +129,7 @@ def predict_also_test(job_dir: Path, job: dict, model: Model | None = None, devi
         return out
     for rec in job.get("also_test") or []:
         other = Dataset(rec["dataset"], work=rec["work"])
-        masks = other.read_mask_record()
-        if masks != rec["masks"]:
-            raise GbmsegError(f"{other.mask_record_path}: the global masks changed since {job_dir / 'job.json'} "
-                              f"was planned (now '{masks['method']}', planned '{rec['masks']['method']}'); "
-                              "plan a new sweep")
+        other.check_mask_record(rec["masks"], job_dir / "job.json")
         cases = other.check_cases(rec["cases"], "also-test case")
         pred_dir = job_dir / f"predictions_{rec['name']}"
         for case in cases:

@@ -188,6 +188,13 @@ class Dataset:
             raise GbmsegError(f"{path}: no global masks yet; run 'gbmseg masks {self.root}' first")
         return read_json(path)
 
+    def check_mask_record(self, planned: dict, planned_in: str | Path) -> None:
+        """Raise unless the masks now are those ``planned_in`` (a job.json) was planned with."""
+        masks = self.read_mask_record()
+        if masks != planned:
+            raise GbmsegError(f"{self.mask_record_path}: the global masks changed since {planned_in} was planned "
+                              f"(now '{masks['method']}', planned '{planned['method']}'); plan a new sweep")
+
     def write_masks(self, record: dict, make: Callable, workers: int = 1, overwrite: bool = False,
                     progress: bool = True, needs_label: bool = False) -> dict:
         """Write every case's mask made by ``make(image, method, params, label)`` -> ``(mask, transform or

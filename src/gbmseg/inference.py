@@ -16,7 +16,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from .channels import input_width
+from .channels import input_width, stack
 from .config import Config
 from .errors import GbmsegError
 from .io import read_json
@@ -24,7 +24,7 @@ from . import runtime
 from . import __version__
 from .network import UNet3D, build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits
-from .preprocessing import preprocess_image, stack_inputs, to_original_geometry
+from .preprocessing import preprocess_image, to_original_geometry
 
 
 @dataclass
@@ -98,7 +98,7 @@ def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.T
     prep = model.config.preprocessing
     data = preprocess_image(image, mask, prep, model.info["modality"], name=name, transform=transform,
                             plan=model.info.get("crop_plan"))
-    x = torch.from_numpy(stack_inputs(data, model.mode, prep))[None].to(model.device)
+    x = torch.from_numpy(stack(data, model.mode, prep.spacing))[None].to(model.device)
     clock.lap("resample")
     dtype = runtime.amp_dtype(model.device)
     with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):

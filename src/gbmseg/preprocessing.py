@@ -54,7 +54,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import crop_plan as cp
-from .channels import stack
 from .config import Config, PreprocessingConfig, canonical_hash
 from .dataset import Dataset
 from .errors import GbmsegError
@@ -317,11 +316,6 @@ def to_original_geometry(pred: np.ndarray, grid: dict, reference: sitk.Image) ->
     out = sitk.GetImageFromArray(label)
     out.CopyInformation(reference)
     return out
-
-
-def stack_inputs(case: dict, mode: str, prep: PreprocessingConfig) -> np.ndarray:
-    """Network input ``(C, Z, Y, X)`` of a preprocessed case for ``mode`` (:func:`gbmseg.channels.stack`)."""
-    return stack(case, mode, prep.spacing)
 
 
 # -- dataset cache ----------------------------------------------------------------------------

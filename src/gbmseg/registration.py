@@ -121,29 +121,43 @@ def _register(moving, fixed, stages, spacing, seed) -> sitk.CompositeTransform:
 def _run(fixed, moving, transform, moving_initial, seed, iterations: int, step: float,
          radius: float) -> sitk.Transform:
     """Optimise ``transform`` (in place, and returned) at 3 levels; ``moving_initial`` is applied after it."""
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.25, seed)
-    reg.SetInterpolator(sitk.sitkLinear)
+    reg = _mattes(0.25, seed)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=step, minStep=1e-3, numberOfIterations=iterations,
                                                  relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
     # parameter scales as from physical shifts: a unit change of a rotation / matrix entry moves points
     # about ``radius`` mm, of a translation 1 mm (cheaper than ITK's estimator, which samples the image)
     n_lin = transform.GetNumberOfParameters() - 3
     reg.SetOptimizerScales([radius**2] * n_lin + [1.0] * 3)
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
+    _execute(reg, fixed, moving, transform, moving_initial, [4, 2, 1], "registration")
+    return transform
+
+
+def _mattes(fraction: float, seed: int) -> sitk.ImageRegistrationMethod:
+    """A registration method with Mattes mutual information (32 bins) on a random ``fraction`` of the
+    voxels (sampled with ``seed``) and linear interpolation."""
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(fraction, seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    return reg
+
+
+def _execute(reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
+             moving_initial: sitk.Transform | None, shrink: list[int], what: str) -> None:
+    """Optimise ``transform`` in place over the levels ``shrink`` (smoothing half of each, in voxels);
+    ``moving_initial`` is applied after it. A failure is one line."""
+    reg.SetShrinkFactorsPerLevel(shrink)
+    reg.SetSmoothingSigmasPerLevel([s // 2 for s in shrink])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     if moving_initial is not None:
         reg.SetMovingInitialTransform(moving_initial)
     reg.SetInitialTransform(transform, inPlace=True)
     try:
         reg.Execute(fixed, moving)
-        return transform
     except RuntimeError as exc:  # e.g. too few samples inside the moving image
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "failed"
-        raise GbmsegError(f"registration failed ({last})") from None
+        raise GbmsegError(f"{what} failed ({last})") from None
 
 
 def register_deformable(moving: sitk.Image, fixed: sitk.Image, initial: sitk.Transform | None = None,
@@ -179,25 +193,11 @@ def register_deformable(moving: sitk.Image, fixed: sitk.Image, initial: sitk.Tra
         extent = (np.array(f.GetSize()) - 1) * np.array(f.GetSpacing())
         mesh = np.maximum(np.round(extent / grid_mm), 1).astype(int)
         bspline = sitk.BSplineTransformInitializer(f, mesh.tolist(), 3)
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(BSPLINE_SAMPLING, seed)
-        reg.SetInterpolator(sitk.sitkLinear)
+        reg = _mattes(BSPLINE_SAMPLING, seed)
         reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=iterations,
                                  maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * iterations,
                                  costFunctionConvergenceFactor=1e7)
-        reg.SetShrinkFactorsPerLevel([2, 1])
-        reg.SetSmoothingSigmasPerLevel([1, 0])
-        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-        if initial is not None:
-            reg.SetMovingInitialTransform(initial)
-        reg.SetInitialTransform(bspline, inPlace=True)
-        try:
-            reg.Execute(f, m)
-        except RuntimeError as exc:
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "failed"
-            raise GbmsegError(f"deformable registration failed ({last})") from None
+        _execute(reg, f, m, bspline, initial, [2, 1], "deformable registration")
     out = sitk.CompositeTransform(3)
     if initial is not None:
         out.AddTransform(initial)

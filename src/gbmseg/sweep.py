@@ -158,10 +158,8 @@ def _train_and_predict(job: dict, job_dir: Path, ds: Dataset, device: str | None
     Returns the training result, ``{"predict_s_per_case": ...}`` and the model (None when the job
     was trained and predicted already, here or on another machine: then it is only evaluated)."""
     config = Config.from_dict(job["config"], source=str(job_dir / "job.json"), record=True)
-    masks = ds.read_mask_record()
-    if "masks" in job and masks != job["masks"]:
-        raise GbmsegError(f"{ds.mask_record_path}: the global masks changed since {job_dir / 'job.json'} was "
-                          f"planned (now '{masks['method']}', planned '{job['masks']['method']}'); plan a new sweep")
+    if "masks" in job:
+        ds.check_mask_record(job["masks"], job_dir / "job.json")
     cache = preprocess_dataset(ds, config, progress=progress,  # its own cache: a no-op when already made
                                plan_cases=job.get("plan_cases"))
     if "cache_key" in job and cache.name != f"{config.name}_{job['cache_key']}":

@@ -33,7 +33,7 @@ from scipy import stats
 from .errors import GbmsegError
 from .io import read_json
 
-MODE_ORDER = ["image", "mask", "image+mask", "image+coords", "image+sdm", "atlas"]  # known modes first
+MODE_ORDER = ["image", "mask", "image+mask", "image+coords", "image+sdm", "atlas", "atlas-lw"]  # known modes first
 COMPARED = ["mask", "image+mask"]
 REFERENCE = "image+mask"  # the second comparison's base
 ALPHA = 0.05
@@ -135,30 +135,27 @@ def wilcoxon_p(diff) -> float:
         return float(stats.wilcoxon(d).pvalue)
 
 
-def compare(metrics: pd.DataFrame, sizes, structures, modes=None) -> pd.DataFrame:
-    """Dice of ``modes`` (default :data:`COMPARED`) against image only, paired by N, case, seed and structure."""
-    key = ["case", "seed", "structure"]
-    rows = []
-    for n in sizes:
-        base = metrics[(metrics["mode"] == "image") & (metrics["n_train"] == n)][key + ["dice"]]
-        for mode in COMPARED if modes is None else modes:
-            other = metrics[(metrics["mode"] == mode) & (metrics["n_train"] == n)][key + ["dice"]]
-            pairs = other.merge(base, on=key, suffixes=("", "_image")).dropna(subset=["dice", "dice_image"])
-            for s in [*structures, "ALL"]:
-                p = pairs if s == "ALL" else pairs[pairs["structure"] == s]
-                dm, di = p["dice"].mean(), p["dice_image"].mean()
-                rows.append(dict(n_train=n, structure=s, mode=mode, dice_mode=dm, dice_image=di,
-                                 rel_change_pct=100 * (dm - di) / di if di > 0 else np.nan,
-                                 n_pairs=len(p), p_value=wilcoxon_p(p["dice"] - p["dice_image"])))
-    return pd.DataFrame(rows)
-
-
 def _pairs(metrics: pd.DataFrame, mode: str, base: str, n: int, column: str) -> pd.DataFrame:
     """``column`` of ``mode`` and of ``base`` (``<column>_base``) paired by case, seed and structure at N = n,
     pairs with a value on both sides only."""
     key = ["case", "seed", "structure"]
     pick = lambda m: metrics[(metrics["mode"] == m) & (metrics["n_train"] == n)][key + [column]]  # noqa: E731
     return pick(mode).merge(pick(base), on=key, suffixes=("", "_base")).dropna(subset=[column, f"{column}_base"])
+
+
+def compare(metrics: pd.DataFrame, sizes, structures, modes=None) -> pd.DataFrame:
+    """Dice of ``modes`` (default :data:`COMPARED`) against image only, paired by N, case, seed and structure."""
+    rows = []
+    for n in sizes:
+        for mode in COMPARED if modes is None else modes:
+            pairs = _pairs(metrics, mode, "image", n, "dice")
+            for s in [*structures, "ALL"]:
+                p = pairs if s == "ALL" else pairs[pairs["structure"] == s]
+                dm, di = p["dice"].mean(), p["dice_base"].mean()
+                rows.append(dict(n_train=n, structure=s, mode=mode, dice_mode=dm, dice_image=di,
+                                 rel_change_pct=100 * (dm - di) / di if di > 0 else np.nan,
+                                 n_pairs=len(p), p_value=wilcoxon_p(p["dice"] - p["dice_base"])))
+    return pd.DataFrame(rows)
 
 
 def compare_to(metrics: pd.DataFrame, sizes, structures, base: str, modes) -> pd.DataFrame:

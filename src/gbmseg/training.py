@@ -112,11 +112,6 @@ def structure_dice(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> n
     return torch.nanmean(d.float(), dim=0).cpu().numpy()
 
 
-def mean_dice(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> float:
-    """Mean Dice over structures (background excluded) of argmax ``pred`` (B,1,...) vs ``label`` (B,1,...)."""
-    return float(np.nanmean(structure_dice(pred, label, n_classes)))
-
-
 class StopSignals:
     """Within ``with StopSignals() as s:``, SIGTERM and SIGUSR1 only set ``s.received`` (the loop checks it
     each iteration, writes ``last.pt`` and stops). Handlers are installed only in the main thread (Python
@@ -283,7 +278,7 @@ class Trainer:
         """Mean loss and mean Dice over the validation cases, each predicted whole (no augmentation);
         the Dice per structure goes to ``self.last_structure_dice``."""
         self.net.eval()
-        losses, dices, per = [], [], []
+        losses, per = [], []
         with torch.no_grad(), self._autocast():
             for case in self.val_data:
                 x = network_input(case, self.mode).to(self.device)
@@ -291,12 +286,11 @@ class Trainer:
                 logits = predict_logits(self.net, x, self.patch).float()
                 losses.append(float(self.loss_fn(logits, y)))
                 per.append(structure_dice(logits.argmax(1, keepdim=True), y, self.n_classes))
-                dices.append(float(np.nanmean(per[-1])))
         self.net.train()
         with warnings.catch_warnings():  # a structure absent from every validation case: NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             self.last_structure_dice = np.nanmean(np.stack(per), axis=0)
-        return float(np.mean(losses)), float(np.nanmean(dices))
+        return float(np.mean(losses)), float(np.nanmean([np.nanmean(p) for p in per]))
 
     def fit(self) -> dict:
         """Train until max iterations, early stopping or the optional time budget; return ``result.json``'s content.
