@@ -7,7 +7,7 @@ Same split as benchmarks/pipeline_fast.py (5 train / 1 val / 2 test). Trains the
 (preset `coarse`) on the 5 training cases, scores its masks on the 3 held-back cases, trains
 `mask` and `image+mask` models (preset `fast`) on predicted masks, and predicts the test cases
 two-stage (image -> mask model -> segmentation model). Compares with the label-derived masks of
-the pipeline benchmark (benchmarks/results/pipeline_fast.csv). Writes
+the pipeline benchmark (benchmarks/results/pipeline_fast.csv, or ``--reference``). Writes
 benchmarks/results/heart_mask_model[_<tag>].{md,csv}.
 
 The mask model is trained as a one-job sweep on the whole-organ dataset
@@ -46,6 +46,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     ap.add_argument("--mask-set", action="append", default=[], help="override of the mask model's preset (coarse)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--reference", default="pipeline_fast.csv",
+                    help="benchmarks/results CSV of benchmarks/pipeline_fast.py with the label-mask runs "
+                         "(trained with the same fast preset)")
     ap.add_argument("--plan-only", action="store_true")
     args = ap.parse_args()
     suffix = f"_{args.tag}" if args.tag else ""
@@ -86,7 +89,7 @@ def main() -> None:
             for r in evaluate_case(pred, read_image(ds.label_path(case)), ds.labels, case):
                 rows.append({"masks": "predicted (mask model)", "mode": mode, **r})
     df = pd.DataFrame(rows)
-    ref = pd.read_csv(HERE / "results" / "pipeline_fast.csv")
+    ref = pd.read_csv(HERE / "results" / args.reference)
     ref = ref[(ref["dataset"] == "heart_CT") & ref["mode"].isin(["mask", "image+mask"])].assign(masks="labels (upper bound)")
     both = pd.concat([ref[df.columns], df], ignore_index=True)
     out = HERE / "results"
@@ -103,7 +106,7 @@ def main() -> None:
           f"preset coarse {' '.join(args.mask_set)}).", "",
           "## Mask quality (Dice of the predicted whole-heart mask vs the union of the labels)", "",
           q.round(3).to_markdown(), "", "(held_back True = the validation and test cases the mask model never trained on)", "",
-          "## Substructure test Dice: label-derived vs predicted global masks", "", dice.round(3).to_markdown(), "",
+          f"## Substructure test Dice: label-derived (benchmarks/results/{args.reference}) vs predicted global masks", "", dice.round(3).to_markdown(), "",
           "## Mean test Dice over the 7 structures", "", mean.round(3).to_markdown(), "",
           "## Times", "", pd.DataFrame(times).groupby("mode").mean(numeric_only=True).round(2).to_markdown(), ""]
     (out / f"heart_mask_model{suffix}.md").write_text("\n".join(md))

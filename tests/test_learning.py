@@ -131,17 +131,25 @@ def test_split_convolution_equals_the_plain_convolution(channels, size):
     assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-3)
 
 
-def test_a_structure_whose_validation_dice_never_rises_is_named_in_the_result(toy_dataset, tmp_path):
-    """A mean validation Dice can hide a structure that never appears; result.json names it."""
+@pytest.fixture
+def toy_cache(toy_dataset, tmp_path):
+    """(dataset, cache) of the toy phantoms, masks made, preprocessed with the tiny config."""
     from gbmseg.dataset import Dataset
     from gbmseg.global_masks import make_dataset_masks
     from gbmseg.preprocessing import preprocess_dataset
     from gbmseg.testing import tiny_config
-    from gbmseg.training import train
 
     ds = Dataset(toy_dataset, work=tmp_path / "work")
     make_dataset_masks(ds, "auto", progress=False)
-    cache = preprocess_dataset(ds, tiny_config(), progress=False)
+    return ds, preprocess_dataset(ds, tiny_config(), progress=False)
+
+
+def test_a_structure_whose_validation_dice_never_rises_is_named_in_the_result(toy_cache, tmp_path):
+    """A mean validation Dice can hide a structure that never appears; result.json names it."""
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
     # a floor above any Dice reachable in 10 iterations: every structure counts as not learned
     cfg = tiny_config(max_iterations=10, val_interval=5)
     cfg.set_value("training.dice_floor=0.999")
@@ -151,3 +159,45 @@ def test_a_structure_whose_validation_dice_never_rises_is_named_in_the_result(to
     cfg2.set_value("training.dice_floor=-1")
     result = train(cache, "image+mask", ds.cases[:4], ds.cases[4:], cfg2, tmp_path / "run2", progress=False)
     assert result["structures_not_learned"] == []
+
+
+def test_deep_supervision_gives_coarser_logits_in_training_only():
+    from gbmseg.network import UNet3D
+    net = UNet3D(2, 4, depth=3, base_channels=4, activation="leakyrelu", deep_supervision=True)
+    out = net(torch.zeros(1, 2, 16, 16, 16))
+    assert [tuple(o.shape) for o in out] == [(1, 4, 16, 16, 16), (1, 4, 8, 8, 8), (1, 4, 4, 4, 4)]
+    net.eval()
+    assert tuple(net(torch.zeros(1, 2, 16, 16, 16)).shape) == (1, 4, 16, 16, 16)
+
+
+def test_deep_supervision_off_adds_no_parameters():
+    from gbmseg.network import UNet3D
+    plain = UNet3D(1, 3, depth=3, base_channels=4)
+    deep = UNet3D(1, 3, depth=3, base_channels=4, deep_supervision=True)
+    extra = set(deep.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("aux.") for k in extra)
+
+
+@pytest.mark.parametrize("name,kind", [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+def test_training_optimizer_is_the_one_named(name, kind):
+    from gbmseg.training import OPTIMIZERS
+    opt = OPTIMIZERS[name]([torch.nn.Parameter(torch.zeros(2))], 0.01)
+    assert isinstance(opt, kind) and opt.param_groups[0]["lr"] == 0.01
+    if name == "sgd":  # nnU-Net's: Nesterov momentum 0.99
+        assert opt.param_groups[0]["momentum"] == 0.99 and opt.param_groups[0]["nesterov"]
+
+
+def test_deep_supervision_and_sgd_train_end_to_end(toy_cache, tmp_path):
+    from gbmseg.errors import GbmsegError
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=4, val_interval=2)
+    cfg.set_value("network.deep_supervision=true")
+    cfg.set_value('training.optimizer="sgd"')
+    result = train(cache, "image", ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert result["iterations"] == 4 and np.isfinite(result["best_val_dice"])
+    cfg.set_value('training.optimizer="rmsprop"')
+    with pytest.raises(GbmsegError, match="training.optimizer 'rmsprop'"):
+        train(cache, "image", ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run2", progress=False)

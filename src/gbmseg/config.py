@@ -52,6 +52,7 @@ class NetworkConfig:
     activation: str
     norm: str
     dropout: float
+    deep_supervision: bool = False        # extra 1x1 heads on the coarser decoder levels, trained too (nnU-Net)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainingConfig:
     warmup: int = 0                       # iterations of linear warm-up
     min_iterations: int = 0               # no early stop before this
     dice_floor: float = 0.05              # patience counts once validation Dice has passed this
+    optimizer: str = "adam"               # or "sgd": SGD, Nesterov momentum 0.99 (nnU-Net)
     mask_augment: float = 0.0             # probability per iteration of a perturbed global mask (augment.perturb_mask)
 
 

@@ -75,10 +75,13 @@ class UNet3D(nn.Module):
         activation: ``sigmoid`` (paper), ``relu`` or ``leakyrelu``.
         norm: ``batch`` (paper), ``instance`` or ``none``.
         dropout: spatial dropout rate after each block (paper: 0.2).
+        deep_supervision: also give logits at the coarser decoder levels, in training only: the
+            forward pass then returns a list, full resolution first (nnU-Net's deep supervision).
     """
 
     def __init__(self, in_channels: int, n_classes: int, depth: int = 4, base_channels: int = 32,
-                 activation: str = "sigmoid", norm: str = "batch", dropout: float = 0.2):
+                 activation: str = "sigmoid", norm: str = "batch", dropout: float = 0.2,
+                 deep_supervision: bool = False):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}")
@@ -99,6 +102,8 @@ class UNet3D(nn.Module):
             self.up.append(nn.ConvTranspose3d(ch[i + 1], ch[i], kernel_size=2, stride=2))
             self.decoder.append(ConvBlock(2 * ch[i], ch[i], activation, norm, dropout))
         self.head = nn.Conv3d(ch[0], n_classes, kernel_size=1)
+        self.aux = nn.ModuleList(nn.Conv3d(ch[i], n_classes, kernel_size=1) for i in range(1, depth)
+                                 ) if deep_supervision else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -107,15 +112,21 @@ class UNet3D(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
+        coarse = []
         for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
             x = block(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+            coarse.append(x)
+        if self.aux is None or not self.training:
+            return self.head(x)
+        # coarse[-2] is level 1 (half resolution), coarse[0] level depth-1
+        return [self.head(x)] + [head(y) for head, y in zip(self.aux, reversed(coarse[:-1]))]
 
 
 def build_network(net_cfg: NetworkConfig, in_channels: int, n_classes: int) -> UNet3D:
     """The U-Net described by a config's ``network`` section."""
     return UNet3D(in_channels, n_classes, depth=net_cfg.depth, base_channels=net_cfg.base_channels,
-                  activation=net_cfg.activation, norm=net_cfg.norm, dropout=net_cfg.dropout)
+                  activation=net_cfg.activation, norm=net_cfg.norm, dropout=net_cfg.dropout,
+                  deep_supervision=net_cfg.deep_supervision)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", keys: tuple[str, ...] = ("model",),

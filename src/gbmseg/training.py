@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
 from monai.metrics import compute_dice
 from tqdm import tqdm
 
@@ -76,6 +76,10 @@ def make_loss(name: str):
 
 
 SCHEDULES = ("constant", "poly")
+OPTIMIZERS = {  # training.optimizer -> a torch optimiser for parameters and the initial learning rate
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True),  # nnU-Net's
+}
 
 
 def learning_rate(t: TrainingConfig, iteration: int) -> float:
@@ -190,9 +194,13 @@ class Trainer:
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg.lr)
+        if self.tcfg.optimizer not in OPTIMIZERS:
+            raise GbmsegError(f"training.optimizer '{self.tcfg.optimizer}': choose {' or '.join(OPTIMIZERS)}")
+        self.opt = OPTIMIZERS[self.tcfg.optimizer](self.net.parameters(), self.tcfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = make_loss(self.tcfg.loss)
+        # deep supervision: the coarser outputs against nearest-neighbour-downsampled labels, weights 1, 1/2, 1/4
+        self.train_loss_fn = DeepSupervisionLoss(self.loss_fn) if config.network.deep_supervision else self.loss_fn
         self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment))
                         if self.tcfg.augment or self.tcfg.mask_augment else None)
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
@@ -265,7 +273,11 @@ class Trainer:
         y = case["label"][None].long().to(self.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self.loss_fn(self.model(x).float(), y)
+            out = self.model(x)
+            if isinstance(out, list):  # deep supervision (labels as float: MONAI downsamples them by interpolation)
+                loss = self.train_loss_fn([o.float() for o in out], y.float())
+            else:
+                loss = self.train_loss_fn(out.float(), y)
         if not torch.isfinite(loss):
             raise GbmsegError(f"training diverged (loss {float(loss)}) at iteration {it}; lower training.lr")
         self.scaler.scale(loss).backward()
