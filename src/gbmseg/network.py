@@ -112,13 +112,15 @@ class UNet3D(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        coarse = []
+        deep = self.aux is not None and self.training
+        coarse = []  # with deep supervision: the decoder's outputs, coarsest (level depth-1) first
         for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
             x = block(torch.cat([up(x), skip], dim=1))
-            coarse.append(x)
-        if self.aux is None or not self.training:
+            if deep:
+                coarse.append(x)
+        if not deep:
             return self.head(x)
-        # coarse[-2] is level 1 (half resolution), coarse[0] level depth-1
+        # aux[i] belongs to level i+1: pair it with the outputs finest-first, leaving out level 0's
         return [self.head(x)] + [head(y) for head, y in zip(self.aux, reversed(coarse[:-1]))]
 
 

@@ -199,8 +199,9 @@ class Trainer:
         self.opt = OPTIMIZERS[self.tcfg.optimizer](self.net.parameters(), self.tcfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = make_loss(self.tcfg.loss)
-        # deep supervision: the coarser outputs against nearest-neighbour-downsampled labels, weights 1, 1/2, 1/4
-        self.train_loss_fn = DeepSupervisionLoss(self.loss_fn) if config.network.deep_supervision else self.loss_fn
+        # the training loss takes the network's output as it comes: one tensor, or with deep supervision a
+        # list whose coarser outputs meet nearest-downsampled labels (weights 1, 1/2, 1/4; labels as float)
+        self.train_loss_fn = DeepSupervisionLoss(self.loss_fn)
         self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment))
                         if self.tcfg.augment or self.tcfg.mask_augment else None)
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
@@ -273,11 +274,7 @@ class Trainer:
         y = case["label"][None].long().to(self.device, non_blocking=True)
         self.opt.zero_grad(set_to_none=True)
         with self._autocast():
-            out = self.model(x)
-            if isinstance(out, list):  # deep supervision (labels as float: MONAI downsamples them by interpolation)
-                loss = self.train_loss_fn([o.float() for o in out], y.float())
-            else:
-                loss = self.train_loss_fn(out.float(), y)
+            loss = self.train_loss_fn(self.model(x), y.float())
         if not torch.isfinite(loss):
             raise GbmsegError(f"training diverged (loss {float(loss)}) at iteration {it}; lower training.lr")
         self.scaler.scale(loss).backward()
