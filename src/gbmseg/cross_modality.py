@@ -33,14 +33,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
 from .config import MODES
 from .dataset import Dataset
 from .errors import GbmsegError
-from .evaluation import evaluate_folder
+from .evaluation import evaluate_folder, score_binary
 from .global_masks import make_dataset_masks
 from .io import read_image, read_json, same_geometry, to_array, write_json, write_text
 from .predict import Model, load_model, predict_file
@@ -120,6 +119,17 @@ def pending(job_dir: Path) -> bool:
     return any(rec["name"] not in have for rec in job["also_test"])
 
 
+def score_job_predictions(job: dict, pred_dir: Path, ds: Dataset, cases: list[str], out_csv: Path,
+                          **tags) -> pd.DataFrame:
+    """Score ``pred_dir/<case>.nii.gz`` against ``ds``'s labels, each row tagged with the sweep
+    job's id, mode, training size and seed (and ``tags``); written to ``out_csv``."""
+    df = evaluate_folder(pred_dir, ds.label_path(cases[0]).parent, labels=ds.labels,
+                         file_ending=".nii.gz", cases=cases)
+    df = df.assign(job=job["id"], mode=job["mode"], n_train=job["n_train"], seed=job["seed"], **tags)
+    write_text(df.to_csv(index=False), out_csv)
+    return df
+
+
 def predict_also_test(job_dir: Path, job: dict, model: Model | None = None, device: str | None = None) -> dict[str, float]:
     """Predict and score every also-test dataset of ``job`` with ``model`` (default: loaded from the
     job's ``train/`` when a prediction is missing): ``{name: mean Dice}``. Predictions already
@@ -137,11 +147,8 @@ def predict_also_test(job_dir: Path, job: dict, model: Model | None = None, devi
             if not path.exists():
                 model = model or load_model(job_dir / "train", device=device)
                 predict_file(model, other.image_path(case), path, mask_path=other.mask_path(case))
-        df = evaluate_folder(pred_dir, other.label_path(cases[0]).parent, labels=other.labels,
-                             file_ending=".nii.gz", cases=cases)
-        df = df.assign(job=job["id"], mode=job["mode"], n_train=job["n_train"], seed=job["seed"],
-                       tested_on=rec["name"])
-        write_text(df.to_csv(index=False), job_dir / f"metrics_{rec['name']}.csv")
+        df = score_job_predictions(job, pred_dir, other, cases, job_dir / f"metrics_{rec['name']}.csv",
+                                   tested_on=rec["name"])
         out[rec["name"]] = float(df["dice"].mean())
     return out
 
@@ -165,9 +172,7 @@ def _mask_dice(a: sitk.Image, b: sitk.Image) -> tuple[float, bool]:
     same = same_geometry(a, b) is None
     if not same:
         b = sitk.Resample(b, a, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    x, y = to_array(a) > 0, to_array(b) > 0
-    total = int(x.sum() + y.sum())
-    return (2.0 * float(np.logical_and(x, y).sum()) / total if total else float("nan")), same
+    return score_binary(to_array(a) > 0, to_array(b) > 0, a, surfaces=False)["dice"], same
 
 
 def mask_agreement(ds: Dataset, rec: dict) -> pd.DataFrame:

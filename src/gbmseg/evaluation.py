@@ -57,9 +57,10 @@ def _com_world(mask: np.ndarray, offset: tuple[int, ...], image: sitk.Image) -> 
     return np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]]))
 
 
-def _score(p: np.ndarray, r: np.ndarray, image: sitk.Image, surfaces: bool = True) -> dict:
-    """Metrics of one binary pair (``[z, y, x]`` bool arrays on ``image``'s grid);
-    ``surfaces=False`` skips HD95/ASD."""
+def score_binary(p: np.ndarray, r: np.ndarray, image: sitk.Image, surfaces: bool = True) -> dict:
+    """Metrics of one binary pair (``[z, y, x]`` bool arrays on ``image``'s grid): Dice (NaN when
+    both are empty, 0 when one is), centre-of-mass distance, HD95 and ASD in mm (``surfaces=False``
+    skips these two), voxel counts and volumes."""
     n_p, n_r = int(p.sum()), int(r.sum())
     ml = float(np.prod(image.GetSpacing())) / 1000.0
     row = dict(dice=NAN, com_mm=NAN, hd95_mm=NAN, asd_mm=NAN, ref_voxels=n_r, pred_voxels=n_p,
@@ -92,7 +93,7 @@ def _evaluate_arrays(pred: np.ndarray, ref: np.ndarray, image: sitk.Image, label
                      case: str) -> list[dict]:
     rows = []
     for name, value in labels.items():
-        row = {"case": case, "structure": name, "label": value, **_score(pred == value, ref == value, image)}
+        row = {"case": case, "structure": name, "label": value, **score_binary(pred == value, ref == value, image)}
         rows.append({c: row[c] for c in COLUMNS})
     return rows
 
@@ -240,7 +241,7 @@ def evaluate_masks(mask_dir: PathLike, ref_dir: PathLike, out_csv: PathLike | No
         mask, ref = read_image(mask_path), read_image(ref_path)
         _check_geometry(mask, ref, str(mask_path))
         m = label_array(mask, mask_path, {1}) > 0
-        s = _score(m, label_array(ref, ref_path) != 0, ref, surfaces=False)
+        s = score_binary(m, label_array(ref, ref_path) != 0, ref, surfaces=False)
         err = 100.0 * (s["pred_ml"] - s["ref_ml"]) / s["ref_ml"] if s["ref_voxels"] else NAN
         rows.append(dict(case=case, dice=s["dice"], volume_error_pct=err, mask_ml=s["pred_ml"],
                          ref_ml=s["ref_ml"], com_mm=s["com_mm"]))

@@ -102,14 +102,17 @@ def _source_slices(label: sitk.Image, dicom_dir: PathLike, series: str | None = 
     return out
 
 
-def _check_labels(label: sitk.Image, labels: dict[str, int], out_path: Path) -> np.ndarray:
+def _inputs(label: sitk.Image, labels: dict[str, int], dicom_dir: PathLike, series: str | None,
+            out_path: PathLike) -> tuple[Path, np.ndarray, list[tuple[object, int]]]:
+    """What both writers start from, checked: ``(out_path, label array, source slices)``."""
+    out_path = Path(out_path)
     if not labels:
         raise GbmsegError(f"{out_path}: no structure names given")
     arr = to_array(label)
     extra = sorted(set(np.unique(arr).tolist()) - {0} - set(labels.values()))
     if extra:
         raise GbmsegError(f"{out_path}: label map has values {extra} that no structure name covers")
-    return arr
+    return out_path, arr, _source_slices(label, dicom_dir, series)
 
 
 def _device(model_name: str) -> dict:
@@ -133,9 +136,7 @@ def write_dicom_seg(label: sitk.Image, dicom_dir: PathLike, out_path: PathLike, 
     hd, _ = require_dicom()
     from pydicom.sr.codedict import codes
 
-    out_path = Path(out_path)
-    arr = _check_labels(label, labels, out_path)
-    slices = _source_slices(label, dicom_dir, series)
+    out_path, arr, slices = _inputs(label, labels, dicom_dir, series, out_path)
     frames = np.zeros((len(slices),) + arr.shape[1:], np.uint8)  # segment numbers, one frame per source file
     for number, value in enumerate(labels.values(), start=1):
         for i, (_, k) in enumerate(slices):
@@ -244,9 +245,7 @@ def write_rtstruct(label: sitk.Image, dicom_dir: PathLike, out_path: PathLike, l
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian
 
-    out_path = Path(out_path)
-    arr = _check_labels(label, labels, out_path)
-    slices = _source_slices(label, dicom_dir, series)
+    out_path, arr, slices = _inputs(label, labels, dicom_dir, series, out_path)
     src = slices[0][0]
     now = datetime.now()
     sop_uid = hd.UID()

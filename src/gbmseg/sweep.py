@@ -45,10 +45,11 @@ from tqdm import tqdm
 
 from .atlas import segment_cases
 from .config import MODES, Config, load_config
-from .cross_modality import finish_also_test, mask_agreement, pending, plan_also_test, predict_also_test
+from .cross_modality import (finish_also_test, mask_agreement, pending, plan_also_test, predict_also_test,
+                             score_job_predictions)
 from .dataset import Dataset, split_cases
 from .errors import GbmsegError
-from .evaluation import evaluate_folder, evaluate_masks
+from .evaluation import evaluate_masks
 from .io import read_json, write_json, write_text
 from .predict import load_model, predict_file
 from .preprocessing import cache_key, coverage, coverage_summary, dataset_crop_plan, preprocess_dataset
@@ -208,10 +209,7 @@ def run_job(job_dir: str | Path, device: str | None = None, progress: bool = Tru
     start = time.time()
     result, timing, model = SWEEP_MODES[job["mode"]](job, job_dir, ds, device, progress)
     pred_dir = job_dir / "predictions"
-    df = evaluate_folder(pred_dir, ds.label_path(job["test"][0]).parent, labels=ds.labels,
-                         file_ending=".nii.gz", cases=job["test"])
-    df = df.assign(job=job["id"], mode=job["mode"], n_train=job["n_train"], seed=job["seed"])
-    write_text(df.to_csv(index=False), job_dir / "metrics.csv")
+    df = score_job_predictions(job, pred_dir, ds, job["test"], job_dir / "metrics.csv")
     summary = {"id": job["id"], "mean_dice": float(df["dice"].mean()), "train": result, **timing,
                "also_test": predict_also_test(job_dir, job, model, device),  # {} without --also-test
                "job_wall_s": time.time() - start,
