@@ -109,6 +109,16 @@ def test_random_patch_has_the_patch_size_and_keeps_channels_aligned():
     assert patch["label"].sum() > 0  # foreground-centred
 
 
+def test_foreground_patches_draw_each_structure_alike_not_each_voxel():
+    label = torch.zeros(1, 64, 64, 64)
+    label[0, :32, :32, :32] = 1  # 32768 voxels
+    label[0, 60, 60, 60] = 2  # one voxel, in a corner a uniform patch rarely holds
+    case = {"image": label.clone(), "label": label}
+    hits = sum(bool((random_patch(case, (16, 16, 16), np.random.default_rng(i), foreground=1.0)["label"] == 2).any())
+               for i in range(200))
+    assert 70 <= hits <= 130  # about half; voxel-weighted sampling would give about 0
+
+
 def test_sliding_window_covers_a_grid_larger_than_the_network_input():
     net = torch.nn.Conv3d(1, 2, 1)
     x = torch.rand(1, 1, 48, 32, 40)
@@ -201,3 +211,37 @@ def test_deep_supervision_and_sgd_train_end_to_end(toy_cache, tmp_path):
     cfg.set_value('training.optimizer="rmsprop"')
     with pytest.raises(GbmsegError, match="training.optimizer 'rmsprop'"):
         train(cache, "image", ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run2", progress=False)
+
+
+def test_training_foreground_is_the_share_the_patch_sampler_gets(toy_cache, tmp_path, monkeypatch):
+    import gbmseg.training as training
+    from gbmseg.errors import GbmsegError
+    from gbmseg.testing import tiny_config
+
+    seen = []
+    monkeypatch.setattr(training, "random_patch", lambda case, size, rng, foreground: seen.append(foreground) or case)
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=2, val_interval=2)
+    cfg.set_value("training.foreground=0.9")
+    training.train(cache, "image", ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert seen == [0.9, 0.9]
+    cfg.set_value("training.foreground=1.5")
+    with pytest.raises(GbmsegError, match="training.foreground 1.5"):
+        training.train(cache, "image", ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run2", progress=False)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 24, 20, 16), (1, 64, 6, 6, 6), (3, 4, 8, 8, 8)])
+def test_instance_norm_of_the_network_equals_torchs(shape):
+    from gbmseg.network import InstanceNorm3d
+    torch.manual_seed(0)
+    ours, ref = InstanceNorm3d(shape[1]), torch.nn.InstanceNorm3d(shape[1], affine=True)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-1, 1)
+    ours.load_state_dict(ref.state_dict())
+    assert set(ours.state_dict()) == set(ref.state_dict())  # checkpoints load either way
+    x = torch.randn(*shape, requires_grad=True) * 3 + 1
+    ya, yb = ours(x), ref(x)
+    assert torch.allclose(ya, yb, atol=1e-5)
+    ga = torch.autograd.grad(ya.square().sum(), [x, ours.weight])
+    gb = torch.autograd.grad(yb.square().sum(), [x, ref.weight])
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(ga, gb))

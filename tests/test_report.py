@@ -88,12 +88,13 @@ def _write_job(sweep_dir: Path, labels: dict, mode: str, n: int, seed: int, done
     return job_dir
 
 
-def make_fake_sweep(root: Path, modes=("image", "mask", "image+mask"), modality: str = "CT") -> Path:
+def make_fake_sweep(root: Path, modes=("image", "mask", "image+mask"), modality: str = "CT",
+                    planned=("image", "mask", "image+mask")) -> Path:
     labels = _write_dataset(root / "FakeHead")
     sweep_dir = root / "sweep"
     sweep_dir.mkdir()
     sweep = {"dataset": str(root / "FakeHead"), "work": str(root / "FakeHead"), "name": "FakeHead",
-             "labels": LABELS, "modality": modality, "modes": ["image", "mask", "image+mask"], "sizes": [1, 2, 4],
+             "labels": LABELS, "modality": modality, "modes": list(planned), "sizes": [1, 2, 4],
              "seeds": SEEDS, "preset": "fast", "config": {}, "split": {"val": VAL, "test": TEST, "pool": ["p1", "p2"]},
              "masks": {"method": "threshold", "params": {"threshold": -300}}, "created": "2024-01-01T00:00:00+00:00"}
     (sweep_dir / "sweep.json").write_text(json.dumps(sweep))
@@ -193,6 +194,13 @@ def test_missing_modes_and_custom_out_dir(tmp_path):
     assert "no finished run" not in html_path.read_text()
     assert "no paired results" in html_path.read_text()
     assert len(list((tmp_path / "elsewhere" / "figures").glob("overlay_*.png"))) == 3
+
+
+def test_a_sweep_of_image_only_reports_without_a_comparison(tmp_path):
+    sweep_dir = make_fake_sweep(tmp_path, modes=("image",), planned=("image",))
+    text = make_report(sweep_dir).read_text()
+    assert "Dice per structure" in text and "vs image only" not in text
+    assert not (sweep_dir / "report" / "comparison.csv").exists()
 
 
 def test_nothing_finished_yet(tmp_path):

@@ -183,3 +183,31 @@ def test_planned_crop_with_patches_trains_and_predicts_without_augmenting(toy_da
     seg = predict_image(model, image)
     assert calls["n"] == 20  # prediction never augments
     assert seg.GetSize() == image.GetSize() and seg.GetOrigin() == image.GetOrigin()
+
+
+@pytest.mark.parametrize("coarsen", [False, True])
+def test_a_field_of_view_larger_than_max_size_is_cut_or_kept_whole_at_coarser_voxels(toy_dataset, tmp_path, coarsen):
+    from gbmseg.preprocessing import coverage
+
+    ds = Dataset(toy_dataset, work=tmp_path / "work")
+    make_dataset_masks(ds, "auto", progress=False)
+    cfg = tiny_config(max_iterations=2)
+    for item in ("preprocessing.crop=planned", "preprocessing.size=[16,16,16]", "preprocessing.max_size=[16,16,16]",
+                 f"preprocessing.coarsen={str(coarsen).lower()}"):
+        cfg.set_value(item)
+    cache = preprocess_dataset(ds, cfg, progress=False, plan_cases=ds.cases[:5])
+    plan = json.loads((cache / "plan.json").read_text())["crop_plan"]
+    assert plan["grid_size"] == [16, 16, 16]
+    worst = min(min(v.values()) for v in coverage(cache).values())
+    if not coarsen:  # 16 voxels of 4 mm cannot hold the structures: the grid cuts them
+        assert plan["spacing"] == [4.0, 4.0, 4.0] and worst < 1.0
+        return
+    assert plan["spacing"][0] > 4.0 and len(set(plan["spacing"])) == 1  # one factor on every axis
+    assert all(16 * s >= n for s, n in zip(plan["spacing"], plan["needed_mm"]))
+    assert worst == 1.0  # every structure of every case inside its grid
+    case = json.loads((cache / f"{ds.cases[0]}.json").read_text())
+    assert case["grid"]["spacing"] == plan["spacing"]
+    train(cache, "image+sdm", ds.cases[:4], ds.cases[4:5], cfg, tmp_path / "run", seed=0, progress=False)
+    image = sitk.ReadImage(str(ds.image_path(ds.cases[5])))
+    seg = predict_image(load_model(tmp_path / "run"), image)
+    assert seg.GetSize() == image.GetSize() and seg.GetSpacing() == image.GetSpacing()

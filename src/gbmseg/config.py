@@ -43,6 +43,8 @@ class PreprocessingConfig:
     crop: str = "mask_center"             # or "planned": placed and sized from the training labels (crop_plan)
     margin_mm: float = 10.0               # planned crop: added around the training structures
     max_size: list[int] | None = None     # planned crop: largest grid (voxels); larger is cut to this
+    coarsen: bool = False                 # planned crop: a grid that would exceed max_size gets coarser voxels
+                                          # (one factor on every axis) instead of being cut
 
 
 @dataclass
@@ -71,6 +73,7 @@ class TrainingConfig:
     dice_floor: float = 0.05              # patience counts once validation Dice has passed this
     optimizer: str = "adam"               # or "sgd": SGD, Nesterov momentum 0.99 (nnU-Net)
     mask_augment: float = 0.0             # probability per iteration of a perturbed global mask (augment.perturb_mask)
+    foreground: float = 1 / 3             # crop larger than the patch: share of patches centred on a structure
 
 
 SECTIONS = {"preprocessing": PreprocessingConfig, "network": NetworkConfig, "training": TrainingConfig}

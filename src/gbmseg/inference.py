@@ -24,7 +24,7 @@ from . import runtime
 from . import __version__
 from .network import UNet3D, build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits
-from .preprocessing import preprocess_image, to_original_geometry
+from .preprocessing import grid_spacing, preprocess_image, to_original_geometry
 
 
 @dataclass
@@ -98,7 +98,8 @@ def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.T
     prep = model.config.preprocessing
     data = preprocess_image(image, mask, prep, model.info["modality"], name=name, transform=transform,
                             plan=model.info.get("crop_plan"))
-    x = torch.from_numpy(stack(data, model.mode, prep.spacing))[None].to(model.device)
+    spacing = grid_spacing(prep, model.info.get("crop_plan"))
+    x = torch.from_numpy(stack(data, model.mode, spacing))[None].to(model.device)
     clock.lap("resample")
     dtype = runtime.amp_dtype(model.device)
     with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):

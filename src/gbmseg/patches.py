@@ -2,7 +2,9 @@
 
 When the planned crop is larger than the preset's ``size`` (a head-and-neck scan whose structures
 span more than the preset's field of view), each training iteration sees one patch of ``size``
-voxels (a third of them centred on a random labelled voxel, as nnU-Net samples), and validation and
+voxels (a third of them centred on a voxel of a structure drawn at random among those the case
+holds, as nnU-Net samples: a brainstem of a few hundred voxels is drawn as often as a mandible of
+a few thousand), and validation and
 prediction cover the whole grid with MONAI's Gaussian-weighted sliding window.
 
 Example:
@@ -28,7 +30,8 @@ def random_patch(case: dict[str, torch.Tensor], size, rng: np.random.Generator,
     """A ``size`` (Z, Y, X) patch of every tensor in ``case`` (channels first), at the same place.
 
     With probability ``foreground`` the patch is centred (as far as the grid allows) on a random
-    labelled voxel, otherwise placed uniformly. A case no larger than ``size`` is returned as is.
+    voxel of one structure, drawn uniformly among the structures present in ``label``, otherwise
+    placed uniformly. A case no larger than ``size`` is returned as is.
     """
     shape = np.array(case["label"].shape[-3:])
     size = np.minimum(np.asarray(size, int), shape)
@@ -37,8 +40,9 @@ def random_patch(case: dict[str, torch.Tensor], size, rng: np.random.Generator,
     room = shape - size
     start = np.array([rng.integers(0, r + 1) for r in room])
     if rng.random() < foreground:
-        fg = torch.nonzero(case["label"][0] > 0)
-        if len(fg):
+        present = [int(c) for c in torch.unique(case["label"][0]) if c > 0]
+        if present:
+            fg = torch.nonzero(case["label"][0] == present[int(rng.integers(len(present)))])
             centre = fg[int(rng.integers(len(fg)))].numpy()
             start = np.clip(centre - size // 2, 0, room)
     sl = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size))

@@ -48,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +226,7 @@ def place_grid(mask: sitk.Image, prep: PreprocessingConfig, plan: dict | None, a
         raise GbmsegError(f"{name}: preprocessing.crop 'planned' needs a crop plan (made by preprocessing)")
     box = case_boxes(mask, None, axes, name)["mask"]
     rot = np.eye(3) if axes is None else np.asarray(axes, dtype=float).reshape(3, 3)
-    return model_grid(rot @ cp.crop_center(plan, box), prep.spacing, plan["grid_size"], axes)
+    return model_grid(rot @ cp.crop_center(plan, box), grid_spacing(prep, plan), plan["grid_size"], axes)
 
 
 def label_coverage(label: sitk.Image, grid: sitk.Image) -> dict[str, float]:
@@ -261,12 +262,36 @@ def fit_plan(dataset: Dataset, prep: PreprocessingConfig, cases: list[str], prog
     for b, c in zip(boxes, cases):
         if b["labels"] is None:
             raise GbmsegError(f"{dataset.label_path(c)}: no labelled voxel; cannot fit a crop plan")
-    plan = cp.fit_crop_plan([b["mask"] for b in boxes], [b["labels"] for b in boxes], prep.spacing, cap,
-                            margin_mm=prep.margin_mm, structure_boxes=[b["structures"] for b in boxes],
-                            multiple=multiple)
+    def fit(spacing):
+        return cp.fit_crop_plan([b["mask"] for b in boxes], [b["labels"] for b in boxes], spacing, cap,
+                                margin_mm=prep.margin_mm, structure_boxes=[b["structures"] for b in boxes],
+                                multiple=multiple)
+
+    plan = fit(prep.spacing)
+    if prep.coarsen and any(n > m for n, m in zip(plan["needed_size"], cap)):
+        plan = fit(coarsened_spacing(prep.spacing, plan["needed_mm"], cap))
     plan["grid_size"] = [int(min(max(n, s), m)) for n, s, m in zip(plan["needed_size"], prep.size, cap)]
     plan["cases"] = list(cases)
     return plan
+
+
+def coarsened_spacing(spacing, needed_mm, max_size) -> list[float]:
+    """``spacing`` times the one factor (rounded up to 0.25 mm steps) at which ``max_size`` voxels
+    span ``needed_mm`` on every axis: a field of view that would not fit at the preset's voxels is
+    kept whole at coarser ones.
+
+    Example:
+        >>> coarsened_spacing([4.0, 4.0, 4.0], [288.0, 256.0, 352.0], [64, 64, 64])
+        [5.5, 5.5, 5.5]
+    """
+    factor = max(1.0, *(n / (m * s) for n, m, s in zip(needed_mm, max_size, spacing)))
+    return [math.ceil(s * factor * 4 - 1e-9) / 4 for s in spacing]
+
+
+def grid_spacing(prep: PreprocessingConfig, plan: dict | None) -> list[float]:
+    """Voxel size (mm, x y z) of the model grid: the crop plan's (see ``preprocessing.coarsen``)
+    for a planned crop, else the preset's."""
+    return [float(s) for s in plan["spacing"]] if prep.crop == "planned" and plan else list(prep.spacing)
 
 
 def _case_boxes(args: tuple) -> dict:

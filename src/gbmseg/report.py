@@ -461,7 +461,9 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
     tables = {name: summarize_metric(metrics, col, modes, sizes, structures)
               for name, col in (("dice", "dice"), ("com", "com_mm"), ("hd95", "hd95_mm"))}
     tables["time"] = time_table(runs, modes, sizes)
-    tables["comparison"] = comp = compare(metrics, sizes, structures, [m for m in modes if m != "image"])
+    others = [m for m in modes if m != "image"]
+    if others:  # a sweep of image only has nothing to compare
+        tables["comparison"] = comp = compare(metrics, sizes, structures, others)
     if REFERENCE in modes:
         tables["comparison_vs_image_mask"] = compare_to(metrics, sizes, structures, REFERENCE,
                                                         [m for m in modes if m != REFERENCE])
@@ -509,15 +511,16 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
         star = " *" if r["p_value"] < ALPHA else ""
         return f"{r['rel_change_pct']:+.1f}% ({p_text(r['p_value'])}){star}"
 
-    blocks += [("h2", "Mask-based inputs vs image only"),
-               ("table", ["N", "structure", *[f"{MODE_TITLE.get(m, m)} vs image only" for m in modes if m != "image"]],
-                grouped(lambda n, s: [change(n, s, m) for m in modes if m != "image"]),
-                f"Relative change of mean Dice, 100·(mode − image)/image, over pairs of the same test case and seed "
-                f"(and structure for 'mean (all)'); two-sided Wilcoxon signed-rank p; * p < {ALPHA:g}; no p with fewer "
-                f"than {MIN_PAIRS} pairs; p = 1 when all differences are zero; no multiple-comparison correction."),
-               ("ul", [f"N={n}: " + "; ".join(statement(r) for _, r in comp[(comp["n_train"] == n)
-                                                                                & (comp["structure"] == "ALL")].iterrows())
-                       for n in sizes])]
+    if others:
+        blocks += [("h2", "Mask-based inputs vs image only"),
+                   ("table", ["N", "structure", *[f"{MODE_TITLE.get(m, m)} vs image only" for m in others]],
+                    grouped(lambda n, s: [change(n, s, m) for m in others]),
+                    f"Relative change of mean Dice, 100·(mode − image)/image, over pairs of the same test case and seed "
+                    f"(and structure for 'mean (all)'); two-sided Wilcoxon signed-rank p; * p < {ALPHA:g}; no p with fewer "
+                    f"than {MIN_PAIRS} pairs; p = 1 when all differences are zero; no multiple-comparison correction."),
+                   ("ul", [f"N={n}: " + "; ".join(statement(r) for _, r in comp[(comp["n_train"] == n)
+                                                                                    & (comp["structure"] == "ALL")].iterrows())
+                           for n in sizes])]
     if "comparison_vs_image_mask" in tables:
         blocks += _vs_reference_blocks(tables["comparison_vs_image_mask"], modes, sizes, structures)
     if "cross_modality" in tables:

@@ -53,7 +53,7 @@ from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
 from .network import build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits, random_patch
-from .preprocessing import case_stats, load_case, load_plan
+from .preprocessing import case_stats, grid_spacing, load_case, load_plan
 from .stopping import StoppingRule
 from .tracking import make_tracker
 
@@ -182,7 +182,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = _logger(self.out / "train.log") if self.main else _silent_logger()
         seed_everything(seed)
-        spacing = config.preprocessing.spacing
+        spacing = grid_spacing(config.preprocessing, self.plan.get("crop_plan"))
         self.train_data = [case_tensors(self.cache, c, mode, spacing) for c in distributed.shard(list(train_cases))]
         self.val_data = [case_tensors(self.cache, c, mode, spacing) for c in val_cases] if self.main else []
         self.patch = [int(s) for s in config.preprocessing.size[::-1]]  # (Z, Y, X), the network's largest input
@@ -194,6 +194,8 @@ class Trainer:
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if not 0.0 <= float(self.tcfg.foreground) <= 1.0:
+            raise GbmsegError(f"training.foreground {self.tcfg.foreground}: a share of patches, from 0 to 1")
         if self.tcfg.optimizer not in OPTIMIZERS:
             raise GbmsegError(f"training.optimizer '{self.tcfg.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.opt = OPTIMIZERS[self.tcfg.optimizer](self.net.parameters(), self.tcfg.lr)
@@ -267,7 +269,8 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(self.tcfg, it)
         case = self.train_data[int(torch.randint(len(self.train_data), (1,), generator=self.gen))]
-        case = random_patch(case, self.patch, np.random.default_rng([self.sample_seed, it, 1]))
+        case = random_patch(case, self.patch, np.random.default_rng([self.sample_seed, it, 1]),
+                            foreground=float(self.tcfg.foreground))
         if self.augment is not None:
             case = self.augment(case, it)
         x = network_input(case, self.mode).to(self.device, non_blocking=True)
