@@ -262,6 +262,7 @@ def fit_plan(dataset: Dataset, prep: PreprocessingConfig, cases: list[str], prog
     for b, c in zip(boxes, cases):
         if b["labels"] is None:
             raise GbmsegError(f"{dataset.label_path(c)}: no labelled voxel; cannot fit a crop plan")
+
     def fit(spacing):
         return cp.fit_crop_plan([b["mask"] for b in boxes], [b["labels"] for b in boxes], spacing, cap,
                                 margin_mm=prep.margin_mm, structure_boxes=[b["structures"] for b in boxes],
