@@ -40,9 +40,12 @@ def random_patch(case: dict[str, torch.Tensor], size, rng: np.random.Generator,
     room = shape - size
     start = np.array([rng.integers(0, r + 1) for r in room])
     if rng.random() < foreground:
-        present = [int(c) for c in torch.unique(case["label"][0]) if c > 0]
-        if present:
-            fg = torch.nonzero(case["label"][0] == present[int(rng.integers(len(present)))])
+        label = case["label"][0]
+        fg = torch.nonzero(label > 0)
+        if len(fg):
+            values = label[tuple(fg.T)]  # the structure of each labelled voxel
+            present = torch.unique(values)
+            fg = fg[values == present[int(rng.integers(len(present)))]]
             centre = fg[int(rng.integers(len(fg)))].numpy()
             start = np.clip(centre - size // 2, 0, room)
     sl = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size))

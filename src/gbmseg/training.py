@@ -163,6 +163,11 @@ class Trainer:
         overlap = set(train_cases) & set(val_cases)
         if overlap:
             raise GbmsegError(f"cases in both training and validation: {', '.join(sorted(overlap))}")
+        t = config.training  # settings checked before any work
+        if not 0.0 <= float(t.foreground) <= 1.0:
+            raise GbmsegError(f"training.foreground {t.foreground}: a share of patches, from 0 to 1")
+        if t.optimizer not in OPTIMIZERS:
+            raise GbmsegError(f"training.optimizer '{t.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
         self.tracker = make_tracker(track)  # before any work: a missing MLflow is a one-line error now
         self.cfg, self.tcfg, self.seed, self.progress = config, config.training, seed, progress
@@ -194,10 +199,6 @@ class Trainer:
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if not 0.0 <= float(self.tcfg.foreground) <= 1.0:
-            raise GbmsegError(f"training.foreground {self.tcfg.foreground}: a share of patches, from 0 to 1")
-        if self.tcfg.optimizer not in OPTIMIZERS:
-            raise GbmsegError(f"training.optimizer '{self.tcfg.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.opt = OPTIMIZERS[self.tcfg.optimizer](self.net.parameters(), self.tcfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = make_loss(self.tcfg.loss)
