@@ -66,8 +66,8 @@ def main() -> None:
 
     ds = Dataset(Path(args.data) / args.dataset, work=work(args.dataset))
     also = [Dataset(Path(args.data) / a, work=work(a)) for a in args.also_test.split(",") if a]
-    if not ds.mask_record_path.exists():
-        make_dataset_masks(ds, args.mask_method)
+    for d in (ds, *also):  # keeps masks made the same way; remakes ones an older gbmseg made
+        make_dataset_masks(d, args.mask_method)
     n = len(ds.cases)
     name = f"sweep_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
     sweep_dir = plan_sweep(ds, HERE / "work" / name, modes=args.modes.split(","),

@@ -4,12 +4,13 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 from gbmseg.testing import tiny_config, toy_case
 
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
 from gbmseg.io import read_image
-from gbmseg.global_masks import make_dataset_masks, make_mask
+from gbmseg.global_masks import MASKS_VERSION, make_dataset_masks, make_mask
 from gbmseg.morphology import otsu_threshold
 from gbmseg.training import train
 from gbmseg.preprocessing import (load_case, load_plan, mask_center, preprocess_dataset, preprocess_image,
@@ -44,6 +45,28 @@ def test_threshold_keeps_largest_component_and_fills_holes():
     assert mask[z, y, x] == 1
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_threshold_fills_an_airway_open_along_any_axis(axis):
+    """An air channel through the body that opens to the outside (an airway, the nasal cavity) is
+    inside the head's outline, whichever array axis it runs along: the mask is the same solid body
+    for an axial, coronal or sagittal stack."""
+    image, _, body = _body()
+    arr = sitk.GetArrayFromImage(image)
+    centre = np.argwhere(body).mean(0).astype(int)
+    channel = [slice(c - 1, c + 2) for c in centre]
+    channel[axis] = slice(None)  # through the whole body and out at both ends
+    arr[tuple(channel)] = -1000
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(image)
+    solid = sitk.GetArrayFromImage(make_mask(image, "threshold")).astype(bool)
+    with_airway = sitk.GetArrayFromImage(make_mask(img, "threshold")).astype(bool)
+    airway = np.zeros_like(body)
+    airway[tuple(channel)] = True
+    deep = airway & ndimage.binary_erosion(body, iterations=2)  # the channel away from where it opens
+    assert deep.sum() > 10 and with_airway[deep].all()
+    assert (with_airway & ~solid).sum() == 0  # filling adds nothing the solid body's mask lacks
+
+
 def test_otsu_mask_on_mr_like_image():
     image, _, body = _body()
     rng = np.random.default_rng(0)
@@ -73,6 +96,25 @@ def test_dataset_masks_written_with_geometry_and_record(toy_dataset, tmp_path):
         m, img = read_image(ds.mask_path(case)), read_image(ds.image_path(case))
         assert m.GetSize() == img.GetSize() and np.allclose(m.GetOrigin(), img.GetOrigin())
     assert not list(ds.mask_dir.glob(".tmp_*"))
+
+
+def test_masks_an_older_gbmseg_made_are_made_again_and_not_reused_from_the_cache(toy_dataset, tmp_path):
+    """Same method and parameters, but masks made the way an earlier version made them (a record
+    without the current ``version``): ``gbmseg masks`` makes every mask again, and preprocessing
+    makes a new cache instead of reusing the one made from the old masks."""
+    ds = Dataset(toy_dataset, work=tmp_path / "work")
+    make_dataset_masks(ds, "auto", progress=False)
+    old_cache = preprocess_dataset(ds, tiny_config(), progress=False)
+    record = json.loads(ds.mask_record_path.read_text())
+    del record["version"]
+    ds.mask_record_path.write_text(json.dumps(record))
+    stamp = ds.mask_path("toy_000").stat().st_mtime_ns
+    make_dataset_masks(ds, "auto", progress=False)
+    assert ds.mask_path("toy_000").stat().st_mtime_ns != stamp
+    assert json.loads(ds.mask_record_path.read_text())["version"] == MASKS_VERSION
+    assert preprocess_dataset(ds, tiny_config(), progress=False) == old_cache  # the record is as it was
+    ds.mask_record_path.write_text(json.dumps(record))
+    assert preprocess_dataset(ds, tiny_config(), progress=False) != old_cache
 
 
 @pytest.mark.parametrize("direction", [None, (0, 1, 0, 0, 0, -1, -1, 0, 0)])

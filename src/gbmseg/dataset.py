@@ -15,7 +15,7 @@ unless another is given, since the dataset may be read-only); no other module bu
 
     WORK/masksTr/<case>.nii.gz               global masks (``gbmseg masks``)
     WORK/masksTr/<case>_to_template.tfm      registration transforms (mask method ``register``)
-    WORK/masksTr/masks.json                  the mask record: method, parameters, modality
+    WORK/masksTr/masks.json                  the mask record: method, parameters, modality, version
     WORK/gbmseg_preprocessed/<preset>_<key>/ preprocessing caches, keyed by what made them
     WORK/mask_model_data/                    the whole-organ dataset of a mask model
 
@@ -201,7 +201,7 @@ class Dataset:
         None)`` (a module-level function, so it can run in worker processes), then ``masks.json``.
 
         Masks already there are kept unless ``overwrite`` or the record differs from the one on disk
-        (other method or parameters: every mask is made again). ``label`` is read only if ``needs_label``.
+        (other method, parameters or ``version``: every mask is made again). ``label`` is read only if ``needs_label``.
         """
         out_dir = self.mask_dir
         try:
@@ -210,8 +210,8 @@ class Dataset:
             raise GbmsegError(f"{out_dir}: cannot create mask folder ({exc.strerror}); pass --work DIR") from None
         if self.mask_record_path.exists() and not overwrite:
             old = read_json(self.mask_record_path)
-            if old.get("method") != record["method"] or old.get("params") != record["params"]:
-                overwrite = True  # different method: make every mask again
+            if any(old.get(k) != record.get(k) for k in ("method", "params", "version")):
+                overwrite = True  # other method, parameters or mask-making version: make every mask again
         jobs = [(make, self.image_path(c), self.label_path(c) if needs_label else None, self.mask_path(c),
                  self.transform_path(c), record["method"], record["params"])
                 for c in self.cases if overwrite or not self.mask_path(c).exists()]

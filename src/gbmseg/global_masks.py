@@ -41,6 +41,10 @@ METHODS = {"threshold": _image_only(morphology.threshold_mask), "otsu": _image_o
 LABEL_METHODS = ("labels",)  # need the ground truth: training masks only
 IMAGE_METHODS = tuple(m for m in METHODS if m not in LABEL_METHODS)  # methods that need no ground truth
 DEFAULTS = {**morphology.DEFAULTS, "register": registration.DEFAULTS, "model": {"model": None}}
+#: how masks are made, in ``masks.json``: a change that gives other masks for the same method and
+#: parameters (2: holes filled slice by slice along every axis, not only the first) bumps it, so
+#: ``gbmseg masks`` makes them again and caches made from the old masks are not reused.
+MASKS_VERSION = 2
 
 
 def resolve_method(method: str, modality: str) -> str:
@@ -177,7 +181,8 @@ def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | No
     """
     method = resolve_method(method, dataset.modality)
     dataset.validate(progress=progress)  # every case checked before anything is written
-    record = {"method": method, "params": {**DEFAULTS[method], **(params or {})}, "modality": dataset.modality}
+    record = {"method": method, "params": {**DEFAULTS[method], **(params or {})}, "modality": dataset.modality,
+              "version": MASKS_VERSION}
     if method == "model":  # the mask model, by absolute path and hash, so prediction can check it
         if not record["params"].get("model"):
             raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR)")
