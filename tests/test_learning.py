@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gbmseg.augment import TRUNCATE_DEPTH, Augmenter, random_affine, truncate, warp
+from gbmseg.augment import Augmenter, random_affine, warp
 from gbmseg.config import load_config
 from gbmseg.network import Conv3d
 from gbmseg.patches import predict_logits, random_patch
@@ -64,43 +64,6 @@ def test_augmentation_leaves_labels_integral():
     out = Augmenter(seed=0)(_blocks(), 2)
     assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0, 2.0}
     assert set(torch.unique(out["mask"]).tolist()) <= {0.0, 1.0}
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_truncation_cuts_one_end_slab_of_image_mask_and_label_alike(seed):
-    shape = (20, 24, 28)
-    case = {k: torch.ones(1, *shape) for k in ("image", "mask", "label")}
-    case["coords"] = torch.ones(3, *shape)
-    out = truncate(case, np.random.default_rng(seed))
-    cut = out["image"][0] == 0
-    assert torch.equal(cut, out["mask"][0] == 0) and torch.equal(cut, out["label"][0] == 0)
-    assert bool((out["coords"] == 1).all())  # positions exist beyond the scan's end
-    # the cut is whole planes across one axis, contiguous from one end, 5-35 % of the crop deep
-    others = {a: tuple(b for b in range(3) if b != a) for a in range(3)}
-    axes = [a for a in range(3) if torch.equal(cut.any(dim=others[a]), cut.all(dim=others[a])) and cut.any()]
-    assert len(axes) == 1
-    a = axes[0]
-    planes = cut.all(dim=others[a])
-    depth = int(planes.sum())
-    assert bool(planes[:depth].all()) or bool(planes[-depth:].all())
-    assert TRUNCATE_DEPTH[0] * shape[a] - 1 <= depth <= TRUNCATE_DEPTH[1] * shape[a] + 1
-
-
-def test_truncation_leaves_no_label_where_the_image_was_cut():
-    out = truncate(_blocks(), np.random.default_rng(4))
-    assert bool((out["image"][out["label"] > 0] > 0).all())
-    assert int((out["label"] > 0).sum()) < int((_blocks()["label"] > 0).sum())  # this draw cuts a structure
-
-
-def test_truncation_is_off_unless_asked_and_drawn_at_its_probability():
-    case = {k: torch.ones(1, 16, 16, 16) for k in ("image", "mask", "label")}
-    never = Augmenter(seed=0, anatomy=False)
-    assert all(torch.equal(never(case, it)["image"], case["image"]) for it in range(20))
-    always = Augmenter(seed=0, anatomy=False, truncate_p=1.0)
-    assert all(not torch.equal(always(case, it)["mask"], case["mask"]) for it in range(20))
-    half = Augmenter(seed=0, anatomy=False, truncate_p=0.5)
-    share = np.mean([not torch.equal(half(case, it)["mask"], case["mask"]) for it in range(200)])
-    assert 0.35 < share < 0.65
 
 
 @pytest.mark.parametrize("schedule,it,expected", [
@@ -282,21 +245,3 @@ def test_instance_norm_of_the_network_equals_torchs(shape):
     ga = torch.autograd.grad(ya.square().sum(), [x, ours.weight])
     gb = torch.autograd.grad(yb.square().sum(), [x, ref.weight])
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(ga, gb))
-
-
-def test_training_truncate_is_the_probability_the_augmenter_gets(toy_cache, tmp_path, monkeypatch):
-    import gbmseg.training as training
-    from gbmseg.errors import GbmsegError
-    from gbmseg.testing import tiny_config
-
-    made = []
-    real = training.Augmenter
-    monkeypatch.setattr(training, "Augmenter", lambda *a, **k: made.append(k) or real(*a, **k))
-    ds, cache = toy_cache
-    cfg = tiny_config(max_iterations=2, val_interval=2)
-    cfg.set_value("training.truncate=0.4")
-    training.train(cache, "image+mask", ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run", progress=False)
-    assert made and made[0]["truncate_p"] == 0.4
-    cfg.set_value("training.truncate=2")
-    with pytest.raises(GbmsegError, match="training.truncate 2"):
-        training.train(cache, "image", ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run2", progress=False)

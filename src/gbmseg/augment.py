@@ -20,14 +20,6 @@ one voxel of the boundary flipped with probability 0.25), so that a model tolera
 another way (Otsu on MR instead of a CT threshold, registration) than its training masks. The
 ``sdm`` channel, made from the cached mask, is not perturbed.
 
-Field-of-view truncation (``training.truncate``, the probability per iteration): scans of one
-kind end in different places (a head CT that stops below the eyes, another that goes on into the
-neck), and the global mask ends where the scan ends. With a few training cases a model would learn
-where *its* scans end. Truncation cuts the crop at a random plane across one axis, from either side,
-5-35 % of the crop deep, as a shorter scan would: beyond it ``image``, ``mask`` and ``label`` are 0,
-as the crop is beyond a scan's field of view (and nothing is labelled there). ``coords`` is left as
-it is (positions exist beyond the scan); ``sdm``, made from the cached mask, is not recomputed.
-
 Only the training loop augments; validation and prediction never do.
 
 Example:
@@ -56,8 +48,6 @@ P_SPATIAL = 0.5         # probability of the spatial transform (half the samples
 NEAREST = ("mask", "label")  # resampled with nearest neighbour; every other channel linearly
 MASK_MAX_VOX = 2        # mask perturbation: dilation or erosion by 1 .. this many voxels
 MASK_FLIP = 0.25        # mask perturbation: chance to flip a voxel within one voxel of the boundary
-TRUNCATE_DEPTH = (0.05, 0.35)  # truncation: fraction of the crop cut away, uniform in this range
-TRUNCATED = ("image", "mask", "label")  # the channels a shorter scan lacks beyond its end
 
 
 def _rotation(angles) -> np.ndarray:
@@ -119,31 +109,6 @@ def perturb_mask(mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return torch.where(flip, 1.0 - m, m).contiguous()
 
 
-def truncate(tensors: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """``tensors`` (each ``(C, Z, Y, X)``) as a scan that ends earlier would give them: along a random
-    axis, from a random side, a slab of :data:`TRUNCATE_DEPTH` of the crop is set to 0 in the
-    :data:`TRUNCATED` channels (image, mask, label); other channels are kept.
-
-    Example:
-        >>> t = truncate({"image": torch.ones(1, 8, 8, 8), "coords": torch.ones(3, 8, 8, 8)},
-        ...              np.random.default_rng(0))
-        >>> 0 < int((t["image"] == 0).sum()) < 512 and bool((t["coords"] == 1).all())
-        True
-    """
-    any_t = next(iter(tensors.values()))
-    axis = int(rng.integers(3))
-    n = any_t.shape[1 + axis]
-    depth = max(1, int(round(rng.uniform(*TRUNCATE_DEPTH) * n)))
-    cut = slice(0, depth) if rng.random() < 0.5 else slice(n - depth, n)
-    index = (slice(None),) * (1 + axis) + (cut,)
-    out = dict(tensors)
-    for key in TRUNCATED:
-        if key in out:
-            out[key] = out[key].clone()
-            out[key][index] = 0
-    return out
-
-
 def _intensity() -> T.Compose:
     return T.Compose([
         T.RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
@@ -161,12 +126,10 @@ class Augmenter:
     augmentations an uninterrupted run would have drawn, with no state to checkpoint.
     """
 
-    def __init__(self, seed: int = 0, anatomy: bool = True, mask_p: float = 0.0, truncate_p: float = 0.0):
+    def __init__(self, seed: int = 0, anatomy: bool = True, mask_p: float = 0.0):
         """``anatomy``: spatial + intensity augmentation (``training.augment``); ``mask_p``: the
-        probability of :func:`perturb_mask` per call (``training.mask_augment``); ``truncate_p``: the
-        probability of :func:`truncate` per call (``training.truncate``)."""
+        probability of :func:`perturb_mask` per call (``training.mask_augment``)."""
         self.seed, self.anatomy, self.mask_p = int(seed), bool(anatomy), float(mask_p)
-        self.truncate_p = float(truncate_p)
         self.intensity = _intensity()
 
     def __call__(self, case: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
@@ -183,8 +146,4 @@ class Augmenter:
             mrng = np.random.default_rng([self.seed, int(iteration), 2])
             if mrng.random() < self.mask_p:
                 out["mask"] = perturb_mask(out["mask"], mrng)
-        if self.truncate_p > 0:
-            trng = np.random.default_rng([self.seed, int(iteration), 3])
-            if trng.random() < self.truncate_p:
-                out = truncate(out, trng)
         return out

@@ -73,7 +73,6 @@ class TrainingConfig:
     dice_floor: float = 0.05              # patience counts once validation Dice has passed this
     optimizer: str = "adam"               # or "sgd": SGD, Nesterov momentum 0.99 (nnU-Net)
     mask_augment: float = 0.0             # probability per iteration of a perturbed global mask (augment.perturb_mask)
-    truncate: float = 0.0                 # probability per iteration of a field-of-view truncation (augment.truncate)
     foreground: float = 1 / 3             # crop larger than the patch: share of patches centred on a structure
 
 

@@ -166,9 +166,8 @@ class Trainer:
         t = config.training  # settings checked before any work
         if not 0.0 <= float(t.foreground) <= 1.0:
             raise GbmsegError(f"training.foreground {t.foreground}: a share of patches, from 0 to 1")
-        for key in ("truncate", "mask_augment"):
-            if not 0.0 <= float(getattr(t, key)) <= 1.0:
-                raise GbmsegError(f"training.{key} {getattr(t, key)}: a probability per iteration, from 0 to 1")
+        if not 0.0 <= float(t.mask_augment) <= 1.0:
+            raise GbmsegError(f"training.mask_augment {t.mask_augment}: a probability per iteration, from 0 to 1")
         if t.optimizer not in OPTIMIZERS:
             raise GbmsegError(f"training.optimizer '{t.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
@@ -208,9 +207,8 @@ class Trainer:
         # the training loss takes the network's output as it comes: one tensor, or with deep supervision a
         # list whose coarser outputs meet nearest-downsampled labels (weights 1, 1/2, 1/4; labels as float)
         self.train_loss_fn = DeepSupervisionLoss(self.loss_fn)
-        self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment),
-                                  truncate_p=float(self.tcfg.truncate))
-                        if self.tcfg.augment or self.tcfg.mask_augment or self.tcfg.truncate else None)
+        self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment))
+                        if self.tcfg.augment or self.tcfg.mask_augment else None)
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
         self.gen = torch.Generator().manual_seed(self.sample_seed)
