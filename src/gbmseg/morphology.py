@@ -2,7 +2,7 @@
 
 Methods (each ``fn(image, params, label) -> mask``, registered in :data:`METHODS`):
     ``threshold``  CT: HU above a threshold, morphological opening, largest connected
-                   component, holes filled (3D, then slice by slice along each axis).
+                   component, holes filled (slice by slice along each axis).
     ``otsu``       MR (any intensity scale): Otsu threshold, then as ``threshold``.
     ``labels``     union of all labelled structures (closed and filled). Uses the ground truth, so
                    it can only make *training* masks; a model whose masks came from labels needs
@@ -49,23 +49,24 @@ def largest_component(fg: np.ndarray) -> np.ndarray:
 
 
 def fill_holes(fg: np.ndarray) -> np.ndarray:
-    """Fill enclosed holes in 3D, then slice by slice along each of the three axes in turn.
+    """Fill holes slice by slice along each of the three axes in turn.
 
-    Cavities open to the outside in 3D (airways, nasal cavity, sinuses, ear canals) are closed in
-    the slices that cut across their opening. Doing this along every axis makes the result the same
-    whatever the scan's orientation (axial, coronal or sagittal slices first): the mask is the
-    organ's solid outline, as the method means it, not a map of the air inside it.
+    Cavities open to the outside in 3D (airways, nasal cavity, sinuses) are closed in the slices
+    that cut across their opening; a cavity enclosed in 3D is enclosed in every slice through it,
+    so it is filled too. Doing this along every axis makes the result the same whatever the scan's
+    orientation (axial, coronal or sagittal slices first): the mask is the organ's solid outline, as
+    the method means it, not a map of the air inside it. Each axis is one call with a planar
+    structuring element (4-connected within the slice, nothing across slices), which fills every
+    slice at once.
 
     Example:
         >>> tube = np.ones((5, 5, 5), bool); tube[:, 2, 2] = False   # open at both ends of axis 0
         >>> bool(fill_holes(tube).all()) and bool(fill_holes(tube.transpose(2, 0, 1)).all())
         True
     """
-    fg = ndimage.binary_fill_holes(fg)
+    in_slice = ndimage.generate_binary_structure(2, 1)
     for axis in range(3):
-        for i in range(fg.shape[axis]):
-            index = (slice(None),) * axis + (i,)
-            fg[index] = ndimage.binary_fill_holes(fg[index])
+        fg = ndimage.binary_fill_holes(fg, structure=np.expand_dims(in_slice, axis))
     return fg
 
 
