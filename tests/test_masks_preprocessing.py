@@ -13,7 +13,7 @@ from gbmseg.io import read_image
 from gbmseg.global_masks import MASKS_VERSION, make_dataset_masks, make_mask
 from gbmseg.morphology import otsu_threshold
 from gbmseg.training import train
-from gbmseg.preprocessing import (cut_faces, load_case, load_plan, mask_center, preprocess_dataset, preprocess_image,
+from gbmseg.preprocessing import (load_case, load_plan, mask_center, preprocess_dataset, preprocess_image,
                                   to_original_geometry)
 
 
@@ -193,92 +193,3 @@ def test_preprocess_dataset_caches_and_skips(toy_dataset, tmp_path):
     assert preprocess_dataset(ds, cfg, progress=False) != cache
     make_dataset_masks(ds, "otsu", progress=False)
     assert preprocess_dataset(ds, tiny_config(), progress=False) != cache
-
-
-# -- the mask beyond a scan that ends inside the anatomy (preprocessing.mask_beyond_scan) -------------
-def _ball(cut_above: int | None = None, shape=(17, 17, 17), centre=(8, 8, 8), r=6) -> np.ndarray:
-    z, y, x = np.indices(shape) - np.asarray(centre)[:, None, None, None]
-    ball = z**2 + y**2 + x**2 <= r**2
-    return ball if cut_above is None else ball & (z <= cut_above)
-
-
-@pytest.mark.parametrize("mask, faces", [
-    (_ball(), []),                                        # ends by itself on every side
-    (_ball(cut_above=1), [(0, 9, 1)]),                    # cut by a plane, then air (the scan's padding)
-    (_ball(cut_above=-3), [(0, 5, 1)]),                   # cut below its centre: a narrower face, still abrupt
-    (_ball(centre=(8, 8, 14)), [(2, 16, 1)]),             # touches the array's edge: the field of view cut it
-    (_ball(centre=(2, 8, 8)), [(0, 0, -1)]),
-])
-def test_cut_faces_are_the_planes_that_cut_the_anatomy(mask, faces):
-    assert cut_faces(mask.astype(np.uint8), (1.0, 1.0, 1.0)) == faces
-
-
-def test_cut_faces_counts_the_inward_distance_in_millimetres():
-    """A face that shrinks within 5 mm is tapering anatomy: with 4 mm slices it needs only one step in."""
-    m = np.zeros((10, 9, 9), np.uint8)
-    m[2:6, 1:8, 1:8] = 1   # wide
-    m[6, 3:6, 3:6] = 1     # then a small last slice: 9 of 49 voxels, an end that tapers
-    assert (0, 6, 1) not in cut_faces(m, (4.0, 1.0, 1.0))
-    m[6] = m[5]            # now the last slice is as wide as the one before: cut
-    assert (0, 6, 1) in cut_faces(m, (4.0, 1.0, 1.0))
-
-
-def _cut_scan(direction=None):
-    """A toy CT whose body is cut by the plane of array slice 24 (then 3 slices of air, as in the
-    development head CTs that end at the skull base), and the same scan before the cut."""
-    image, _ = toy_case(5, size=40, spacing=4.0, direction=direction)
-    arr = sitk.GetArrayFromImage(image)
-    arr[25:] = -1000
-    cut = sitk.GetImageFromArray(arr[:28].copy())
-    cut.SetSpacing(image.GetSpacing()); cut.SetOrigin(image.GetOrigin()); cut.SetDirection(image.GetDirection())
-    return cut, image
-
-
-def _prep(beyond):
-    return dataclasses.replace(tiny_config().preprocessing, spacing=[4.0, 4.0, 4.0], size=[48, 48, 48],
-                               mask_beyond_scan=beyond)
-
-
-def test_extend_gives_the_grid_beyond_a_cut_scan_the_mask_of_its_last_slice():
-    scan, _ = _cut_scan()
-    mask = make_mask(scan, "threshold")
-    empty = preprocess_image(scan, mask, _prep("empty"), "CT")
-    ext = preprocess_image(scan, mask, _prep("extend"), "CT")
-    k = int(np.nonzero(empty["mask"].any(axis=(1, 2)))[0].max())  # the grid's last slice inside the body
-    assert 0 < k < 40
-    beyond = ext["mask"][k + 1:]
-    assert beyond.any() and all(np.array_equal(s, beyond[0]) for s in beyond)  # one slice, repeated
-    last, first = empty["mask"][k] > 0, beyond[0] > 0
-    assert 2 * (last & first).sum() / (last.sum() + first.sum()) > 0.9        # ... the scan's last one
-    assert np.array_equal(ext["mask"][:k + 1], empty["mask"][:k + 1])          # inside the scan: as it is
-    assert np.array_equal(ext["image"], empty["image"])                   # the image channel is left alone
-
-
-def test_extend_follows_the_scan_axes_of_a_rotated_scan():
-    """LIA direction (as the development head CTs): the scan's slice axis is the grid's y axis; the
-    mask goes on along it, beyond the cut, in millimetres, and nowhere else."""
-    direction = (1, 0, 0, 0, 0, -1, 0, -1, 0)
-    scan, _ = _cut_scan(direction)
-    mask = make_mask(scan, "threshold")
-    empty = preprocess_image(scan, mask, _prep("empty"), "CT")
-    ext = preprocess_image(scan, mask, _prep("extend"), "CT")
-    added = np.argwhere(ext["mask"] > empty["mask"])
-    assert len(added) > 0 and not (ext["mask"] < empty["mask"]).any()
-    g = ext["grid"]
-    pts = np.asarray(g["origin"]) + added[:, ::-1] * np.asarray(g["spacing"])   # grid direction: identity
-    cut_plane = scan.TransformIndexToPhysicalPoint((0, 0, 24))                  # slice axis -> physical -y
-    assert np.all(pts[:, 1] < cut_plane[1])
-    assert np.all(np.abs(pts[:, 0] - mask_center(mask)[0]) < 40)                # no wider than the body
-
-
-def test_extend_leaves_a_mask_that_no_cut_ends_unchanged():
-    image, _ = toy_case(6, size=40, spacing=4.0)
-    mask = make_mask(image, "threshold")
-    assert np.array_equal(preprocess_image(image, mask, _prep("extend"), "CT")["mask"],
-                          preprocess_image(image, mask, _prep("empty"), "CT")["mask"])
-
-
-def test_mask_beyond_scan_must_be_known():
-    image, _ = toy_case(6, size=40, spacing=4.0)
-    with pytest.raises(GbmsegError, match="mask_beyond_scan 'zero'"):
-        preprocess_image(image, make_mask(image, "threshold"), _prep("zero"), "CT")

@@ -45,8 +45,6 @@ class PreprocessingConfig:
     max_size: list[int] | None = None     # planned crop: largest grid (voxels); larger is cut to this
     coarsen: bool = False                 # planned crop: a grid that would exceed max_size gets coarser voxels
                                           # (one factor on every axis) instead of being cut
-    mask_beyond_scan: str = "empty"       # grid voxels outside the scan's field of view: mask 0 ("empty"), or
-                                          # the nearest in-view mask voxel's value ("extend"; preprocessing)
 
 
 @dataclass

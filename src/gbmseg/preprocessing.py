@@ -29,17 +29,6 @@ resampling, reorientation and crop/pad in one step. The crop never looks at the 
 (origin, spacing, size, direction) is all that is needed to map a prediction back:
 :func:`to_original_geometry` resamples it onto the input image.
 
-Where the grid reaches beyond the scan's field of view (a head CT that ends at the skull base,
-below it), ``preprocessing.mask_beyond_scan`` says what the mask channel holds there:
-
-- ``"empty"``: 0, as if the anatomy ended where the scan ends;
-- ``"extend"``: the value of the nearest mask voxel inside the field of view, as if the anatomy
-  went on as the scan's last slice shows it. The mask's edges are then those of the anatomy
-  (top of the head, face, sides), never the scan's cut, so that a model trained on scans that end
-  at the skull base sees a mask of the same shape as on scans that go on into the neck.
-
-The image channel is air there either way, and the crop's placement never depends on it.
-
 Intensities: CT is clipped to a HU window and scaled to [0, 1]; MR (any other modality) is
 scaled so that the given percentiles of the crop map to 0 and 1, then clipped.
 
@@ -78,7 +67,6 @@ CT_OUTSIDE = -1024.0
 
 
 FRAMES = ("scan", "template")
-BEYOND_SCAN = ("empty", "extend")
 CROPS = ("mask_center", "planned")
 LOW_COVERAGE = 0.95  # structures less inside their grid than this are named
 
@@ -198,83 +186,12 @@ def preprocess_image(image: sitk.Image, mask: sitk.Image, prep: PreprocessingCon
     grid = place_grid(mask, prep, plan, axes, name)
     outside = CT_OUTSIDE if modality == "CT" else float(np.min(to_array(image)))
     img = normalize(resample(image, grid, nearest=False, default=outside), modality, prep)
-    mask_arr = (resample(mask, grid, nearest=True) > 0).astype(np.uint8)
-    if beyond_scan(prep) == "extend":
-        mask_arr = extend_cut(mask, grid, mask_arr).astype(np.uint8)
-    out = {"image": img[None], "mask": mask_arr, "label": None, "grid": grid_record(grid)}
+    out = {"image": img[None], "mask": (resample(mask, grid, nearest=True) > 0).astype(np.uint8),
+           "label": None, "grid": grid_record(grid)}
     if label is not None:
         out["label"] = resample(label, grid, nearest=True).astype(np.uint8)
         out["coverage"] = label_coverage(label, grid)
     return out
-
-
-def beyond_scan(prep: PreprocessingConfig) -> str:
-    """``preprocessing.mask_beyond_scan``, checked."""
-    if prep.mask_beyond_scan not in BEYOND_SCAN:
-        raise GbmsegError(f"preprocessing.mask_beyond_scan '{prep.mask_beyond_scan}': choose "
-                          f"{' or '.join(BEYOND_SCAN)}")
-    return prep.mask_beyond_scan
-
-
-CUT_AREA = 0.2      # a cut face holds at least this share of the mask's largest cross-section ...
-CUT_STEEP = 0.6     # ... and at least this share of the cross-section CUT_INWARD_MM inside it
-CUT_INWARD_MM = 5.0
-
-
-def cut_faces(mask: np.ndarray, spacing_zyx) -> list[tuple[int, int, int]]:
-    """The faces ``(array axis, end slice, side)`` (side -1: the low end, +1: the high end) along which the mask ``[z, y, x]`` looks cut by the
-    scan's field of view rather than ended by the anatomy.
-
-    A face is cut where the mask touches the array's edge, or where its last slice is wide (at
-    least :data:`CUT_AREA` of the largest cross-section along that axis) and abrupt (at least
-    :data:`CUT_STEEP` of the cross-section :data:`CUT_INWARD_MM` further in): a head CT that
-    ends at the skull base, then a few slices of air. The head's top, the face and the sides taper
-    (at most 0.09 of the largest cross-section in the development head CTs; cut ones hold 0.14-0.80).
-
-    Example (a ball cut by a plane above its centre, then air; its other ends taper):
-        >>> z, y, x = np.indices((17, 17, 17)) - 8
-        >>> ball = (z**2 + y**2 + x**2 <= 36) & (z <= 1)
-        >>> cut_faces(ball, (1.0, 1.0, 1.0))
-        [(0, 9, 1)]
-    """
-    faces = []
-    for ax in range(3):
-        area = mask.sum(axis=tuple(a for a in range(3) if a != ax)).astype(float)
-        nz = np.nonzero(area)[0]
-        if nz.size == 0:
-            continue
-        k = max(1, int(round(CUT_INWARD_MM / float(spacing_zyx[ax]))))
-        for side, end, edge in ((-1, nz[0], 0), (1, nz[-1], area.size - 1)):
-            inward = int(np.clip(end - side * k, nz[0], nz[-1]))
-            wide = area[end] >= CUT_AREA * area.max() and area[end] >= CUT_STEEP * area[inward]
-            if end == edge or wide:
-                faces.append((ax, int(end), side))
-    return faces
-
-
-def extend_cut(mask: sitk.Image, grid: sitk.Image, on_grid: np.ndarray) -> np.ndarray:
-    """``on_grid`` (``mask`` resampled onto ``grid``, nearest) with every grid voxel that lies beyond
-    a cut face of the mask (:func:`cut_faces`) given the value of the mask's last slice there:
-    the anatomy goes on as the scan's last slice shows it, along the scan's own axes."""
-    arr = to_array(mask) > 0
-    faces = cut_faces(arr, mask.GetSpacing()[::-1])
-    if not faces:
-        return on_grid
-    zyx = np.indices(on_grid.shape).reshape(3, -1)
-    g_dir = np.reshape(grid.GetDirection(), (3, 3))
-    pts = np.asarray(grid.GetOrigin())[:, None] + g_dir @ (zyx[::-1] * np.asarray(grid.GetSpacing())[:, None])
-    m_dir = np.reshape(mask.GetDirection(), (3, 3))
-    ijk = np.linalg.solve(m_dir, pts - np.asarray(mask.GetOrigin())[:, None]) / np.asarray(mask.GetSpacing())[:, None]
-    idx = np.rint(ijk[::-1]).astype(np.int64)  # [z, y, x] array indices of the mask, one column per grid voxel
-    beyond = np.zeros(idx.shape[1], bool)
-    for ax, end, side in faces:
-        past = side * (idx[ax] - end) > 0
-        idx[ax, past] = end
-        beyond |= past
-    inside = beyond & np.all((idx >= 0) & (idx < np.asarray(arr.shape)[:, None]), axis=0)
-    out = on_grid.reshape(-1).copy()
-    out[inside] = arr[tuple(idx[:, inside])]
-    return out.reshape(on_grid.shape)
 
 
 def crop_axes(mask: sitk.Image, prep: PreprocessingConfig, transform: sitk.Transform | None,
