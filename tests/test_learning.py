@@ -245,3 +245,30 @@ def test_instance_norm_of_the_network_equals_torchs(shape):
     ga = torch.autograd.grad(ya.square().sum(), [x, ours.weight])
     gb = torch.autograd.grad(yb.square().sum(), [x, ref.weight])
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(ga, gb))
+
+
+def test_mask_dropout_blanks_only_the_mask_channel_at_its_rate():
+    case = _blocks()
+    aug = Augmenter(seed=2, anatomy=False, mask_drop=0.3)
+    blank = [not aug(case, it)["mask"].any() for it in range(200)]
+    assert 0.2 < np.mean(blank) < 0.4
+    out = next(aug(case, it) for it in range(200) if blank[it])
+    assert torch.equal(out["image"], case["image"]) and torch.equal(out["label"], case["label"])
+
+
+def test_mask_dropout_off_never_blanks_the_mask():
+    aug = Augmenter(seed=2, anatomy=True, mask_drop=0.0)
+    assert all(aug(_blocks(), it)["mask"].any() for it in range(30))
+
+
+@pytest.mark.parametrize("mode,value", [("image+mask", 1.5), ("mask", 0.5)])
+def test_mask_dropout_is_refused_out_of_range_or_for_the_mask_alone(toy_cache, tmp_path, mode, value):
+    from gbmseg.errors import GbmsegError
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=2, val_interval=1)
+    cfg.set_value(f"training.mask_dropout={value}")
+    with pytest.raises(GbmsegError, match="mask_dropout"):
+        train(cache, mode, ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run", progress=False)

@@ -20,6 +20,10 @@ one voxel of the boundary flipped with probability 0.25), so that a model tolera
 another way (Otsu on MR instead of a CT threshold, registration) than its training masks. The
 ``sdm`` channel, made from the cached mask, is not perturbed.
 
+Mask dropout (``training.mask_dropout``, the probability per iteration; off in the presets): the
+global mask channel is set to 0 everywhere, so that a model given image and mask must also find the
+structures in the image alone rather than learn their place relative to the mask's outline only.
+
 Only the training loop augments; validation and prediction never do.
 
 Example:
@@ -126,10 +130,12 @@ class Augmenter:
     augmentations an uninterrupted run would have drawn, with no state to checkpoint.
     """
 
-    def __init__(self, seed: int = 0, anatomy: bool = True, mask_p: float = 0.0):
+    def __init__(self, seed: int = 0, anatomy: bool = True, mask_p: float = 0.0, mask_drop: float = 0.0):
         """``anatomy``: spatial + intensity augmentation (``training.augment``); ``mask_p``: the
-        probability of :func:`perturb_mask` per call (``training.mask_augment``)."""
+        probability of :func:`perturb_mask` per call (``training.mask_augment``); ``mask_drop``: the
+        probability of an all-zero mask channel per call (``training.mask_dropout``)."""
         self.seed, self.anatomy, self.mask_p = int(seed), bool(anatomy), float(mask_p)
+        self.mask_drop = float(mask_drop)
         self.intensity = _intensity()
 
     def __call__(self, case: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
@@ -146,4 +152,7 @@ class Augmenter:
             mrng = np.random.default_rng([self.seed, int(iteration), 2])
             if mrng.random() < self.mask_p:
                 out["mask"] = perturb_mask(out["mask"], mrng)
+        if "mask" in out and self.mask_drop > 0:
+            if np.random.default_rng([self.seed, int(iteration), 3]).random() < self.mask_drop:
+                out["mask"] = torch.zeros_like(out["mask"])
         return out

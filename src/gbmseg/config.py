@@ -73,20 +73,31 @@ class TrainingConfig:
     dice_floor: float = 0.05              # patience counts once validation Dice has passed this
     optimizer: str = "adam"               # or "sgd": SGD, Nesterov momentum 0.99 (nnU-Net)
     mask_augment: float = 0.0             # probability per iteration of a perturbed global mask (augment.perturb_mask)
+    mask_dropout: float = 0.0             # probability per iteration of an all-zero mask channel (augment.Augmenter)
     foreground: float = 1 / 3             # crop larger than the patch: share of patches centred on a structure
 
 
-SECTIONS = {"preprocessing": PreprocessingConfig, "network": NetworkConfig, "training": TrainingConfig}
+@dataclass
+class PostprocessingConfig:
+    location_margin_mm: float | None = None  # drop predicted pieces this far outside where the structure sat in
+                                             # the training crops (gbmseg.location_prior); None: keep all
+
+
+SECTIONS = {"preprocessing": PreprocessingConfig, "network": NetworkConfig, "training": TrainingConfig,
+            "postprocessing": PostprocessingConfig}
+# sections whose every key has a default may be left out of a preset (and of older run records)
+OPTIONAL_SECTIONS = {"postprocessing"}
 
 
 @dataclass
 class Config:
-    """A resolved preset: ``name``, ``description`` and the three sections."""
+    """A resolved preset: ``name``, ``description`` and the four sections."""
 
     name: str
     preprocessing: PreprocessingConfig
     network: NetworkConfig
     training: TrainingConfig
+    postprocessing: PostprocessingConfig = field(default_factory=PostprocessingConfig)
     description: str = ""
     source: str = field(default="", compare=False, repr=False)  # preset name or file, for errors
 
@@ -97,10 +108,10 @@ class Config:
         if not isinstance(data, dict):
             raise GbmsegError(f"{source}: a preset is a JSON object with name, description and sections")
         top = {"name", "description", *SECTIONS}
-        _check_keys(data, top, {"name", *SECTIONS}, source, "")
+        _check_keys(data, top, {"name", *(set(SECTIONS) - OPTIONAL_SECTIONS)}, source, "")
         sections = {}
         for name, kind in SECTIONS.items():
-            values = data[name]
+            values = data.get(name, {})
             if not isinstance(values, dict):
                 raise GbmsegError(f"{source}: section '{name}' must be a JSON object")
             if record:

@@ -51,6 +51,7 @@ from .channels import channel_arrays, input_width
 from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
+from .location_prior import fit_location_prior
 from .network import build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits, random_patch
 from .preprocessing import case_stats, grid_spacing, load_case, load_plan
@@ -168,6 +169,10 @@ class Trainer:
             raise GbmsegError(f"training.foreground {t.foreground}: a share of patches, from 0 to 1")
         if not 0.0 <= float(t.mask_augment) <= 1.0:
             raise GbmsegError(f"training.mask_augment {t.mask_augment}: a probability per iteration, from 0 to 1")
+        if not 0.0 <= float(t.mask_dropout) <= 1.0:
+            raise GbmsegError(f"training.mask_dropout {t.mask_dropout}: a probability per iteration, from 0 to 1")
+        if float(t.mask_dropout) > 0 and "mask" in channels_for_mode(mode) and len(channels_for_mode(mode)) == 1:
+            raise GbmsegError(f"training.mask_dropout {t.mask_dropout}: mode '{mode}' has no input but the mask")
         if t.optimizer not in OPTIMIZERS:
             raise GbmsegError(f"training.optimizer '{t.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
@@ -207,8 +212,9 @@ class Trainer:
         # the training loss takes the network's output as it comes: one tensor, or with deep supervision a
         # list whose coarser outputs meet nearest-downsampled labels (weights 1, 1/2, 1/4; labels as float)
         self.train_loss_fn = DeepSupervisionLoss(self.loss_fn)
-        self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment))
-                        if self.tcfg.augment or self.tcfg.mask_augment else None)
+        self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment),
+                                  mask_drop=float(self.tcfg.mask_dropout))
+                        if self.tcfg.augment or self.tcfg.mask_augment or self.tcfg.mask_dropout else None)
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
         self.gen = torch.Generator().manual_seed(self.sample_seed)
@@ -217,6 +223,8 @@ class Trainer:
                          "train_cases": list(train_cases), "val_cases": list(val_cases),
                          "labels": self.plan["labels"], "modality": self.plan["modality"],
                          "masks": self.plan["masks"], "crop_plan": self.plan.get("crop_plan"),
+                         "location_prior": fit_location_prior(
+                             (load_case(self.cache, c)["label"] for c in train_cases), spacing),
                          "case_stats": case_stats(self.cache, list(train_cases) + list(val_cases)),
                          "channels": list(channels_for_mode(mode)),
                          "config": config.to_dict(), "device": str(self.device),
@@ -439,8 +447,9 @@ def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], 
 
 
 def _without_budget(config: dict) -> dict:
-    """A config minus what may change when a run is continued (budget, patience, description)."""
-    cfg = {k: v for k, v in config.items() if k != "description"}
+    """A config minus what may change when a run is continued (budget, patience, description) or
+    does not touch training (postprocessing)."""
+    cfg = {k: v for k, v in config.items() if k not in ("description", "postprocessing")}
     cfg["training"] = {k: v for k, v in config.get("training", {}).items()
                        if k not in ("max_iterations", "max_time_s", "patience", "min_iterations",
                                     *RETIRED["training"])}
