@@ -77,27 +77,17 @@ class TrainingConfig:
     foreground: float = 1 / 3             # crop larger than the patch: share of patches centred on a structure
 
 
-@dataclass
-class PostprocessingConfig:
-    location_margin_mm: float | None = None  # drop predicted pieces this far outside where the structure sat in
-                                             # the training crops (gbmseg.location_prior); None: keep all
-
-
-SECTIONS = {"preprocessing": PreprocessingConfig, "network": NetworkConfig, "training": TrainingConfig,
-            "postprocessing": PostprocessingConfig}
-# sections whose every key has a default may be left out of a preset (and of older run records)
-OPTIONAL_SECTIONS = {"postprocessing"}
+SECTIONS = {"preprocessing": PreprocessingConfig, "network": NetworkConfig, "training": TrainingConfig}
 
 
 @dataclass
 class Config:
-    """A resolved preset: ``name``, ``description`` and the four sections."""
+    """A resolved preset: ``name``, ``description`` and the three sections."""
 
     name: str
     preprocessing: PreprocessingConfig
     network: NetworkConfig
     training: TrainingConfig
-    postprocessing: PostprocessingConfig = field(default_factory=PostprocessingConfig)
     description: str = ""
     source: str = field(default="", compare=False, repr=False)  # preset name or file, for errors
 
@@ -108,10 +98,10 @@ class Config:
         if not isinstance(data, dict):
             raise GbmsegError(f"{source}: a preset is a JSON object with name, description and sections")
         top = {"name", "description", *SECTIONS}
-        _check_keys(data, top, {"name", *(set(SECTIONS) - OPTIONAL_SECTIONS)}, source, "")
+        _check_keys(data, top, {"name", *SECTIONS}, source, "")
         sections = {}
         for name, kind in SECTIONS.items():
-            values = data.get(name, {})
+            values = data[name]
             if not isinstance(values, dict):
                 raise GbmsegError(f"{source}: section '{name}' must be a JSON object")
             if record:

@@ -20,7 +20,6 @@ from .channels import input_width, stack
 from .config import Config
 from .errors import GbmsegError
 from .io import read_json
-from .location_prior import apply_location_prior
 from . import runtime
 from . import __version__
 from .network import UNet3D, build_network, load_checkpoint, load_weights, select_device
@@ -106,9 +105,6 @@ def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.T
     with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
         logits = predict_logits(model.net, x, [int(s) for s in prep.size[::-1]])
         probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-    margin, prior = model.config.postprocessing.location_margin_mm, model.info.get("location_prior")
-    if margin is not None and prior:
-        probs, _ = apply_location_prior(probs, prior, spacing, float(margin))
     clock.lap("network")
     out = to_original_geometry(probs, data["grid"], image)
     clock.lap("resample_back")

@@ -117,7 +117,6 @@ def plan_sweep(dataset: Dataset, out_dir: str | Path, modes: list[str] | None = 
     if path.exists():  # re-planning: the same sweep, or the same with more modes (their jobs are added)
         old = read_json(path)
         keys = ("dataset", "sizes", "seeds", "config", "split")
-        old["config"] = Config.from_dict(old.get("config", {}), str(path), record=True).to_dict()
         if any(old.get(k) != sweep[k] for k in keys) or not set(old.get("modes", [])) <= set(modes):
             raise GbmsegError(f"{path}: a different sweep already lives here; choose another output folder "
                               "(a sweep may only gain modes)")

@@ -51,7 +51,6 @@ from .channels import channel_arrays, input_width
 from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
-from .location_prior import fit_location_prior
 from .network import build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits, random_patch
 from .preprocessing import case_stats, grid_spacing, load_case, load_plan
@@ -223,8 +222,6 @@ class Trainer:
                          "train_cases": list(train_cases), "val_cases": list(val_cases),
                          "labels": self.plan["labels"], "modality": self.plan["modality"],
                          "masks": self.plan["masks"], "crop_plan": self.plan.get("crop_plan"),
-                         "location_prior": fit_location_prior(
-                             (load_case(self.cache, c)["label"] for c in train_cases), spacing),
                          "case_stats": case_stats(self.cache, list(train_cases) + list(val_cases)),
                          "channels": list(channels_for_mode(mode)),
                          "config": config.to_dict(), "device": str(self.device),
@@ -447,9 +444,8 @@ def train(cache: Path, mode: str, train_cases: list[str], val_cases: list[str], 
 
 
 def _without_budget(config: dict) -> dict:
-    """A config minus what may change when a run is continued (budget, patience, description) or
-    does not touch training (postprocessing)."""
-    cfg = {k: v for k, v in config.items() if k not in ("description", "postprocessing")}
+    """A config minus what may change when a run is continued (budget, patience, description)."""
+    cfg = {k: v for k, v in config.items() if k != "description"}
     cfg["training"] = {k: v for k, v in config.get("training", {}).items()
                        if k not in ("max_iterations", "max_time_s", "patience", "min_iterations",
                                     *RETIRED["training"])}
