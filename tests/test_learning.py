@@ -261,14 +261,25 @@ def test_mask_dropout_off_never_blanks_the_mask():
     assert all(aug(_blocks(), it)["mask"].any() for it in range(30))
 
 
-@pytest.mark.parametrize("mode,value", [("image+mask", 1.5), ("mask", 0.5)])
-def test_mask_dropout_is_refused_out_of_range_or_for_the_mask_alone(toy_cache, tmp_path, mode, value):
+def test_mask_dropout_out_of_range_is_refused(toy_cache, tmp_path):
     from gbmseg.errors import GbmsegError
     from gbmseg.testing import tiny_config
     from gbmseg.training import train
 
     ds, cache = toy_cache
     cfg = tiny_config(max_iterations=2, val_interval=1)
-    cfg.set_value(f"training.mask_dropout={value}")
+    cfg.set_value("training.mask_dropout=1.5")
     with pytest.raises(GbmsegError, match="mask_dropout"):
-        train(cache, mode, ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+        train(cache, "image+mask", ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("mode,expected", [("image+mask", 0.5), ("mask", 0.0)])
+def test_mask_dropout_acts_only_where_the_mask_is_not_the_only_input(toy_cache, tmp_path, mode, expected):
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import Trainer
+
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=2, val_interval=1)
+    cfg.set_value("training.mask_dropout=0.5")
+    trainer = Trainer(cache, mode, ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert (trainer.augment.mask_drop if trainer.augment is not None else 0.0) == expected

@@ -73,7 +73,8 @@ class TrainingConfig:
     dice_floor: float = 0.05              # patience counts once validation Dice has passed this
     optimizer: str = "adam"               # or "sgd": SGD, Nesterov momentum 0.99 (nnU-Net)
     mask_augment: float = 0.0             # probability per iteration of a perturbed global mask (augment.perturb_mask)
-    mask_dropout: float = 0.0             # probability per iteration of an all-zero mask channel (augment.Augmenter)
+    mask_dropout: float = 0.0             # probability per iteration of an all-zero mask channel (augment.Augmenter);
+                                          # only in modes with another input beside the mask
     foreground: float = 1 / 3             # crop larger than the patch: share of patches centred on a structure
 
 

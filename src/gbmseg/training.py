@@ -170,8 +170,6 @@ class Trainer:
             raise GbmsegError(f"training.mask_augment {t.mask_augment}: a probability per iteration, from 0 to 1")
         if not 0.0 <= float(t.mask_dropout) <= 1.0:
             raise GbmsegError(f"training.mask_dropout {t.mask_dropout}: a probability per iteration, from 0 to 1")
-        if float(t.mask_dropout) > 0 and "mask" in channels_for_mode(mode) and len(channels_for_mode(mode)) == 1:
-            raise GbmsegError(f"training.mask_dropout {t.mask_dropout}: mode '{mode}' has no input but the mask")
         if t.optimizer not in OPTIMIZERS:
             raise GbmsegError(f"training.optimizer '{t.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
@@ -211,9 +209,11 @@ class Trainer:
         # the training loss takes the network's output as it comes: one tensor, or with deep supervision a
         # list whose coarser outputs meet nearest-downsampled labels (weights 1, 1/2, 1/4; labels as float)
         self.train_loss_fn = DeepSupervisionLoss(self.loss_fn)
+        # mask dropout needs an input beside the mask: a mask-only model would see nothing (image-only has no mask)
+        mask_drop = float(self.tcfg.mask_dropout) if len(channels_for_mode(mode)) > 1 else 0.0
         self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment),
-                                  mask_drop=float(self.tcfg.mask_dropout))
-                        if self.tcfg.augment or self.tcfg.mask_augment or self.tcfg.mask_dropout else None)
+                                  mask_drop=mask_drop)
+                        if self.tcfg.augment or self.tcfg.mask_augment or mask_drop else None)
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
         self.gen = torch.Generator().manual_seed(self.sample_seed)
