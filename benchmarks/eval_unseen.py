@@ -54,6 +54,8 @@ def evaluate_sweep(sweep_dir: Path) -> list[dict]:
     """Rows of Dice for every trained run of one sweep on the cases it never saw."""
     sweep = read_json(sweep_dir / "sweep.json")
     ds = Dataset(Path(sweep["dataset"]), work=Path(sweep["work"]))
+    # runs trained by commit 7e74a3c record preprocessing.mask_beyond_scan; at "empty" it is today's behaviour
+    RETIRED.setdefault("preprocessing", set()).add("mask_beyond_scan")
     rows = []
     for job_dir in sorted(p for p in (sweep_dir / "runs").iterdir() if (p / "train" / "model.pt").exists()):
         job = read_json(job_dir / "job.json")
@@ -62,10 +64,9 @@ def evaluate_sweep(sweep_dir: Path) -> list[dict]:
         if beyond != "empty":  # a setting measured and removed (commit 7e74a3c): such a model cannot be rebuilt
             print(f"{job_dir.name}: skipped (preprocessing.mask_beyond_scan = {beyond})")
             continue
-        # runs trained by commit 7e74a3c record the setting at its value of today's behaviour ("empty")
-        RETIRED.setdefault("preprocessing", set()).add("mask_beyond_scan")
         model = load_model(job_dir / "train")
-        unseen = [c for c in ds.cases if c not in set(job["train"]) | set(job["val"])]
+        seen = set(job["train"]) | set(job["val"])
+        unseen = [c for c in ds.cases if c not in seen]
         out = job_dir / "unseen" / "raw"
         for case in unseen:
             pred = out / f"{case}.nii.gz"

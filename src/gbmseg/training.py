@@ -166,10 +166,9 @@ class Trainer:
         t = config.training  # settings checked before any work
         if not 0.0 <= float(t.foreground) <= 1.0:
             raise GbmsegError(f"training.foreground {t.foreground}: a share of patches, from 0 to 1")
-        if not 0.0 <= float(t.mask_augment) <= 1.0:
-            raise GbmsegError(f"training.mask_augment {t.mask_augment}: a probability per iteration, from 0 to 1")
-        if not 0.0 <= float(t.mask_dropout) <= 1.0:
-            raise GbmsegError(f"training.mask_dropout {t.mask_dropout}: a probability per iteration, from 0 to 1")
+        for key in ("mask_augment", "mask_dropout"):
+            if not 0.0 <= float(getattr(t, key)) <= 1.0:
+                raise GbmsegError(f"training.{key} {getattr(t, key)}: a probability per iteration, from 0 to 1")
         if t.optimizer not in OPTIMIZERS:
             raise GbmsegError(f"training.optimizer '{t.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
