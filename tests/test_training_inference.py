@@ -211,3 +211,17 @@ def test_a_field_of_view_larger_than_max_size_is_cut_or_kept_whole_at_coarser_vo
     image = sitk.ReadImage(str(ds.image_path(ds.cases[5])))
     seg = predict_image(load_model(tmp_path / "run"), image)
     assert seg.GetSize() == image.GetSize() and seg.GetSpacing() == image.GetSpacing()
+
+
+def test_coverage_skips_a_record_another_process_is_still_writing(toy_dataset, tmp_path):
+    """Two DDP ranks preprocess one cache: a rank must not read the other's empty temp file."""
+    from gbmseg.dataset import Dataset
+    from gbmseg.global_masks import make_dataset_masks
+    from gbmseg.preprocessing import coverage, preprocess_dataset
+    from gbmseg.testing import tiny_config
+
+    ds = Dataset(toy_dataset, work=tmp_path / "work")
+    make_dataset_masks(ds, "auto", progress=False)
+    cache = preprocess_dataset(ds, tiny_config(), progress=False)
+    (cache / ".tmp_abc123.json").write_text("")  # as atomic_path's mkstemp leaves it before the write
+    assert sorted(coverage(cache)) == sorted(ds.cases)

@@ -440,7 +440,7 @@ def coverage(cache: Path) -> dict[str, dict[str, float]]:
     names = {str(v): k for k, v in load_plan(cache)["labels"].items()}
     out = {}
     for rec in sorted(Path(cache).glob("*.json")):
-        if rec.name == "plan.json":
+        if rec.name == "plan.json" or rec.name.startswith("."):  # hidden: another process's write in flight
             continue
         data = read_json(rec)
         out[data["case"]] = {names.get(v, v): f for v, f in data.get("coverage", {}).items()}
