@@ -1,10 +1,11 @@
 import json
 
 import pandas as pd
+import pytest
 import SimpleITK as sitk
 from gbmseg.testing import tiny_config
 
-from gbmseg.cli import main
+from gbmseg.cli import build_parser, main
 
 
 def test_cli_pipeline_end_to_end(toy_dataset, tmp_path, capsys):
@@ -51,3 +52,14 @@ def test_cli_phantoms(tmp_path):
     assert main(["phantoms", "--kind", "heart", "--n", "2", "--spacing", "4", "--size", "48", "-o", str(tmp_path / "h")]) == 0
     meta = json.loads((tmp_path / "h" / "dataset.json").read_text())
     assert meta["labels"]["pulmonary_artery"] == 7 and len(list((tmp_path / "h" / "labelsTr").iterdir())) == 2
+
+
+def test_preset_help_names_the_default_that_is_used(capsys):
+    """The mask model trains with the coarse preset by default, and its --help says so (not 'fast')."""
+    parser = build_parser()
+    assert parser.parse_args(["mask-model", "train", "d", "-o", "r"]).preset == "coarse"
+    assert parser.parse_args(["train", "d", "--mode", "image", "--train", "a", "--val", "b", "-o", "r"]).preset == "fast"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["mask-model", "train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default coarse)" in help_text and "coarse, demo, fast, paper" in help_text

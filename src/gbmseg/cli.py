@@ -254,6 +254,8 @@ def cmd_demo(args) -> None:
 
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from .config import presets
+
     p = argparse.ArgumentParser(prog="gbmseg", description="3D organ segmentation with global binary masks.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -264,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--workers", type=int, default=1, help="parallel processes over cases")
         return s
 
-    def config_args(s):
-        s.add_argument("--preset", default="fast", help="paper, fast, demo, or a JSON file (default fast)")
+    def config_args(s, default: str = "fast"):
+        s.add_argument("--preset", default=default,
+                       help=f"{', '.join(presets())}, or a JSON file (default {default})")
         s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a preset value, e.g. --set training.lr=3e-4 (repeatable)")
 
@@ -285,8 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset", help="dataset folder (nnU-Net v2 raw layout or MSD dataset.json)")
     s.add_argument("--work", help="folder for masks and cache (default: the dataset folder)")
     s.add_argument("--workers", type=int, default=1, help="parallel processes over cases")
-    config_args(s)
-    s.set_defaults(preset="coarse")
+    config_args(s, default="coarse")
     s.add_argument("--train", help="comma-separated training cases (default: all but the last)")
     s.add_argument("--val", help="comma-separated validation cases (default: the last case)")
     s.add_argument("--seed", type=int, default=0)
