@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from gbmseg.testing import tiny_config, toy_case
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
 from gbmseg.io import read_image
-from gbmseg.global_masks import MASKS_VERSION, make_dataset_masks, make_mask
+from gbmseg.global_masks import MASKS_VERSION, full_view_cases, make_dataset_masks, make_mask
 from gbmseg.morphology import otsu_threshold
 from gbmseg.training import train
 from gbmseg.preprocessing import (load_case, load_plan, mask_center, preprocess_dataset, preprocess_image,
@@ -115,6 +116,37 @@ def test_masks_an_older_gbmseg_made_are_made_again_and_not_reused_from_the_cache
     assert preprocess_dataset(ds, tiny_config(), progress=False) == old_cache  # the record is as it was
     ds.mask_record_path.write_text(json.dumps(record))
     assert preprocess_dataset(ds, tiny_config(), progress=False) != old_cache
+
+
+def _clip_air(dataset_root):
+    """Every image with its values below 0 set to 0, as heart_CT's source did: no air is left."""
+    for path in (dataset_root / "imagesTr").glob("*.nii.gz"):
+        sitk.WriteImage(sitk.Clamp(read_image(path), lowerBound=0, upperBound=3000), str(path))
+
+
+def test_masks_that_outline_the_body_give_no_full_view_warning(toy_dataset, tmp_path):
+    ds = Dataset(toy_dataset, work=tmp_path / "work")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        make_dataset_masks(ds, "threshold", progress=False)
+    assert full_view_cases(ds) == {}
+
+
+def test_masks_that_fill_the_scan_are_warned_about_naming_the_folder_and_count(toy_dataset, tmp_path):
+    _clip_air(toy_dataset)
+    ds = Dataset(toy_dataset, work=tmp_path / "work")
+    with pytest.warns(UserWarning, match=r"masksTr: the 'threshold' global mask fills at least 9\d% of the scan in "
+                                         r"6 of 6 cases \(toy_000, toy_001, toy_002 ...\).*mask-model train"):
+        make_dataset_masks(ds, "threshold", progress=False)
+    assert set(full_view_cases(ds)) == set(ds.cases)
+
+
+def test_box_masks_fill_the_scan_by_design_and_are_not_warned_about(toy_dataset, tmp_path):
+    ds = Dataset(toy_dataset, work=tmp_path / "work")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_dataset_masks(ds, "box", progress=False)
+    assert set(full_view_cases(ds)) == set(ds.cases)  # they do fill it
 
 
 @pytest.mark.parametrize("direction", [None, (0, 1, 0, 0, 0, -1, -1, 0, 0)])

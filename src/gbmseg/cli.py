@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import GbmsegError, Interrupted
@@ -425,6 +426,14 @@ def _glue(argv: list[str], option: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = _glue(list(sys.argv[1:] if argv is None else argv), "--slurm-opt")
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # a warning is one line, as errors are: "gbmseg masks: warning: ..."
+        warnings.showwarning = lambda message, *_, **__: print(f"gbmseg {args.command}: warning: {message}",
+                                                               file=sys.stderr)
+        return _run(args)
+
+
+def _run(args) -> int:
+    """Run the parsed command; a :class:`GbmsegError` becomes one line and exit status 2."""
     try:
         if getattr(args, "mlflow", False):  # the environment switch, so sweep workers and jobs see it too
             from .tracking import ENV, make_tracker

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -190,5 +191,38 @@ def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | No
         record["params"]["sha256"] = model_hash(record["params"]["model"])
     if method == "register":  # modality, and the template as "phantom" or an image path
         record["params"] = registration.resolve_params(record["params"], dataset)
-    return dataset.write_masks(record, make_mask_and_transform, workers, overwrite, progress,
-                               needs_label=method in LABEL_METHODS)
+    record = dataset.write_masks(record, make_mask_and_transform, workers, overwrite, progress,
+                                 needs_label=method in LABEL_METHODS)
+    if method not in NO_BORDER_CHECK:
+        warn_if_full_view(dataset, method)
+    return record
+
+
+#: a mask that fills at least this fraction of its scan's voxels does not say where the anatomy is
+FULL_VIEW_FRACTION = 0.9
+
+
+def full_view_cases(dataset: Dataset) -> dict[str, float]:
+    """``{case: fraction}`` of the cases whose written global mask fills at least
+    :data:`FULL_VIEW_FRACTION` of the scan's field of view (such a mask is a box around the scan,
+    not the anatomy: a threshold mask of an image without air, or of a cardiac CT cut to the chest).
+
+    Example:
+        >>> full_view_cases(Dataset("heart_CT", work="w"))    # after threshold masks  # doctest: +SKIP
+        {'heart_1001': 0.999, ...}
+    """
+    fractions = {c: float(np.mean(to_array(sitk.ReadImage(str(dataset.mask_path(c)))) > 0)) for c in dataset.cases}
+    return {c: f for c, f in fractions.items() if f >= FULL_VIEW_FRACTION}
+
+
+def warn_if_full_view(dataset: Dataset, method: str) -> None:
+    """Warn (one line, naming the cases) when ``method``'s masks fill the whole field of view."""
+    full = full_view_cases(dataset)
+    if not full:
+        return
+    names = ", ".join(list(full)[:3]) + (" ..." if len(full) > 3 else "")
+    warnings.warn(
+        f"{dataset.mask_dir}: the '{method}' global mask fills at least {min(full.values()):.0%} of the scan in "
+        f"{len(full)} of {len(dataset.cases)} cases ({names}), so it does not say where the anatomy is; for an "
+        f"organ inside the body (the heart) train a mask model (gbmseg mask-model train DATASET -o RUN; then "
+        f"gbmseg masks DATASET --method model --model RUN), or give other --params", stacklevel=2)
