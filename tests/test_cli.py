@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from gbmseg.testing import tiny_config
+from gbmseg.testing import clip_air, tiny_config
 
 from gbmseg.cli import build_parser, main
 
@@ -67,8 +67,7 @@ def test_preset_help_names_the_default_that_is_used(capsys):
 
 def test_cli_warning_is_one_line_naming_the_mask_folder(toy_dataset, tmp_path, capsys):
     """Masks that fill the scan (no air in the images) are made, and said to be useless in one line."""
-    for path in (toy_dataset / "imagesTr").glob("*.nii.gz"):
-        sitk.WriteImage(sitk.Clamp(sitk.ReadImage(str(path)), lowerBound=0, upperBound=3000), str(path))
+    clip_air(toy_dataset)
     assert main(["masks", str(toy_dataset), "--work", str(tmp_path / "w")]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(err) == 1 and err[0].startswith("gbmseg masks: warning: ") and str(tmp_path / "w" / "masksTr") in err[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
-from gbmseg.testing import tiny_config, toy_case
+from gbmseg.testing import clip_air, tiny_config, toy_case
 
 from gbmseg.dataset import Dataset
 from gbmseg.errors import GbmsegError
@@ -118,12 +118,6 @@ def test_masks_an_older_gbmseg_made_are_made_again_and_not_reused_from_the_cache
     assert preprocess_dataset(ds, tiny_config(), progress=False) != old_cache
 
 
-def _clip_air(dataset_root):
-    """Every image with its values below 0 set to 0, as heart_CT's source did: no air is left."""
-    for path in (dataset_root / "imagesTr").glob("*.nii.gz"):
-        sitk.WriteImage(sitk.Clamp(read_image(path), lowerBound=0, upperBound=3000), str(path))
-
-
 def test_masks_that_outline_the_body_give_no_full_view_warning(toy_dataset, tmp_path):
     ds = Dataset(toy_dataset, work=tmp_path / "work")
     with warnings.catch_warnings():
@@ -133,7 +127,7 @@ def test_masks_that_outline_the_body_give_no_full_view_warning(toy_dataset, tmp_
 
 
 def test_masks_that_fill_the_scan_are_warned_about_naming_the_folder_and_count(toy_dataset, tmp_path):
-    _clip_air(toy_dataset)
+    clip_air(toy_dataset)
     ds = Dataset(toy_dataset, work=tmp_path / "work")
     with pytest.warns(UserWarning, match=r"masksTr: the 'threshold' global mask fills at least 9\d% of the scan in "
                                          r"6 of 6 cases \(toy_000, toy_001, toy_002 ...\).*mask-model train"):

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from . import morphology, registration
 from .dataset import Dataset
 from .errors import GbmsegError, naming
-from .io import to_array
+from .io import read_image, to_array
 from .mask_model import model_hash, predict_organ_mask
 
 
@@ -211,7 +211,7 @@ def full_view_cases(dataset: Dataset) -> dict[str, float]:
         >>> full_view_cases(Dataset("heart_CT", work="w"))    # after threshold masks  # doctest: +SKIP
         {'heart_1001': 0.999, ...}
     """
-    fractions = {c: float(np.mean(to_array(sitk.ReadImage(str(dataset.mask_path(c)))) > 0)) for c in dataset.cases}
+    fractions = {c: float(np.mean(to_array(read_image(dataset.mask_path(c))) > 0)) for c in dataset.cases}
     return {c: f for c, f in fractions.items() if f >= FULL_VIEW_FRACTION}
 
 

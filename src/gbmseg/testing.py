@@ -58,6 +58,12 @@ def write_toy_dataset(root: Path, n: int = 6, seed: int = 0, size: int = 40) -> 
     return root
 
 
+def clip_air(root: Path) -> None:
+    """Set every image of the dataset at ``root`` to at least 0 (as heart_CT's source did: no air left)."""
+    for path in (root / "imagesTr").glob("*.nii.gz"):
+        sitk.WriteImage(sitk.Clamp(sitk.ReadImage(str(path)), lowerBound=0, upperBound=3000), str(path))
+
+
 def tiny_config(**training) -> Config:
     """The fast preset shrunk to seconds: 4 mm, 32^3 centred on the mask, a 3-level U-Net with 8 base
     channels, ReLU, no augmentation, constant learning rate."""
