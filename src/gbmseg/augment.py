@@ -3,8 +3,8 @@
 Spatial: one random affine per iteration (rotation about all three axes up to ``ROTATE_DEG``,
 per-axis scaling by up to ``SCALE``, translation by up to ``TRANSLATE_VOX`` voxels) resamples the
 image linearly and the global mask and label with nearest neighbour, on one sampling grid, so the
-three stay aligned. It is a rotation times a positive scaling: never a reflection, so there is no
-left-right flip (labels are lateral: eye_left/eye_right, parotid_left/parotid_right). With one
+three stay aligned. It is a rotation times a positive scaling: never a reflection, since labels are
+lateral (eye_left/eye_right, parotid_left/parotid_right; mirroring, below, swaps them). With one
 training case the network thus sees the anatomy, and its mask, at many positions, sizes and angles.
 
 Intensity (image channel only), MONAI's dictionary transforms: gamma, scale, shift, Gaussian noise
@@ -23,6 +23,11 @@ another way (Otsu on MR instead of a CT threshold, registration) than its traini
 Mask dropout (``training.mask_dropout``, the probability per iteration; off in the presets): the
 global mask channel is set to 0 everywhere, so that a model given image and mask must also find the
 structures in the image alone rather than learn their place relative to the mask's outline only.
+
+Mirroring (``training.mirror``; :mod:`gbmseg.mirror`): where the training labels show left/right
+pairs about the midline, half the crops are reflected along the left-right axis with the pairs'
+labels swapped, so that a reflected left eye is labelled a right eye. Without that plan nothing is
+ever reflected.
 
 Only the training loop augments; validation and prediction never do.
 
@@ -45,12 +50,15 @@ import torch
 import torch.nn.functional as F
 from monai import transforms as T
 
+from .mirror import mirror_case
+
 ROTATE_DEG = 15.0       # about each axis, uniform in [-15, 15]
 SCALE = 0.15            # per axis, factor uniform in [0.85, 1.15]
 TRANSLATE_VOX = 4.0     # per axis, uniform in [-4, 4] voxels
 P_SPATIAL = 0.5         # probability of the spatial transform (half the samples are seen as they are)
 NEAREST = ("mask", "label")  # resampled with nearest neighbour; every other channel linearly
 MASK_MAX_VOX = 2        # mask perturbation: dilation or erosion by 1 .. this many voxels
+P_MIRROR = 0.5          # probability of the mirror image, where a mirror plan exists
 MASK_FLIP = 0.25        # mask perturbation: chance to flip a voxel within one voxel of the boundary
 
 
@@ -130,18 +138,23 @@ class Augmenter:
     augmentations an uninterrupted run would have drawn, with no state to checkpoint.
     """
 
-    def __init__(self, seed: int = 0, anatomy: bool = True, mask_p: float = 0.0, mask_drop: float = 0.0):
+    def __init__(self, seed: int = 0, anatomy: bool = True, mask_p: float = 0.0, mask_drop: float = 0.0,
+                 mirror: tuple[int, np.ndarray] | None = None):
         """``anatomy``: spatial + intensity augmentation (``training.augment``); ``mask_p``: the
         probability of :func:`perturb_mask` per call (``training.mask_augment``); ``mask_drop``: the
-        probability of an all-zero mask channel per call (``training.mask_dropout``)."""
+        probability of an all-zero mask channel per call (``training.mask_dropout``); ``mirror``:
+        ``(grid axis, label swap table)`` from :func:`gbmseg.mirror.plan_mirror` (``training.mirror``),
+        reflected with probability :data:`P_MIRROR` per call, or ``None``."""
         self.seed, self.anatomy, self.mask_p = int(seed), bool(anatomy), float(mask_p)
-        self.mask_drop = float(mask_drop)
+        self.mask_drop, self.mirror = float(mask_drop), mirror
         self.intensity = _intensity()
 
     def __call__(self, case: dict[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
         """Augmented copies of ``case``'s tensors (``image`` (C, Z, Y, X); ``mask``, ``label`` (1, Z, Y, X))."""
         rng = np.random.default_rng([self.seed, int(iteration)])
         out = dict(case)
+        if self.mirror is not None and np.random.default_rng([self.seed, int(iteration), 4]).random() < P_MIRROR:
+            out = mirror_case(out, *self.mirror)
         if self.anatomy:
             if rng.random() < P_SPATIAL:
                 out = warp(out, *random_affine(rng))

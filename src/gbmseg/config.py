@@ -75,6 +75,8 @@ class TrainingConfig:
     mask_augment: float = 0.0             # probability per iteration of a perturbed global mask (augment.perturb_mask)
     mask_dropout: float = 0.0             # probability per iteration of an all-zero mask channel (augment.Augmenter);
                                           # only in modes with another input beside the mask
+    mirror: bool = False                  # left-right mirroring, left/right labels swapped, in training and at prediction,
+                                          # where the training labels show symmetric anatomy (gbmseg.mirror)
     foreground: float = 1 / 3             # crop larger than the patch: share of patches centred on a structure
 
 

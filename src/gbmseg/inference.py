@@ -22,6 +22,7 @@ from .errors import GbmsegError
 from .io import read_json
 from . import runtime
 from . import __version__
+from .mirror import mirrored_probabilities, swap_table
 from .network import UNet3D, build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits
 from .preprocessing import grid_spacing, preprocess_image, to_original_geometry
@@ -40,6 +41,11 @@ class Model:
     def mode(self) -> str:
         return self.info["mode"]
 
+    @property
+    def n_classes(self) -> int:
+        """Network outputs: background and one per structure."""
+        return len(self.info["labels"]) + 1
+
 
 def load_model(run_dir: str | Path, device: str | None = None) -> Model:
     """Load ``model.pt`` (``weights_only=True``) and ``config.json`` from a run directory."""
@@ -52,7 +58,7 @@ def load_model(run_dir: str | Path, device: str | None = None) -> Model:
     config = Config.from_dict(info["config"], source=str(cfg_path), record=True)
     dev = select_device(device)
     runtime.configure(dev)
-    net = build_network(config.network, input_width(info["mode"]), len(info["labels"]) + 1)
+    net = build_network(config.network, input_width(info["mode"]), len(info["labels"]) + 1)  # Model.n_classes
     made_by = info.get("gbmseg_version", "an unknown version")
     load_weights(net, load_checkpoint(weights, dev, hint="; copy or train the model again")["model"], weights,
                  f"{cfg_path.name} (made by gbmseg {made_by}, this is {__version__})", info["channels"])
@@ -89,7 +95,8 @@ def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.T
             name: str = "image", timings: dict | None = None) -> sitk.Image:
     """Label map (uint8) of ``image`` given its global ``mask`` (and, for models trained in the
     template's standard frame, its registration ``transform``), with exactly the image's geometry.
-    The image is not checked here (see :func:`gbmseg.predict.predict_image`).
+    The image is not checked here (see :func:`gbmseg.predict.predict_image`). A model trained with
+    ``training.mirror`` and a mirror plan also predicts the mirrored crop (:mod:`gbmseg.mirror`).
 
     ``timings``, if given, receives the seconds spent in ``resample`` (onto the model grid),
     ``network`` and ``resample_back``."""
@@ -102,9 +109,16 @@ def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.T
     x = torch.from_numpy(stack(data, model.mode, spacing))[None].to(model.device)
     clock.lap("resample")
     dtype = runtime.amp_dtype(model.device)
+    patch = [int(s) for s in prep.size[::-1]]
+
+    def predict(t: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(predict_logits(model.net, t, patch).float(), dim=1)
+
+    mirror = model.info.get("mirror") or {}
     with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
-        logits = predict_logits(model.net, x, [int(s) for s in prep.size[::-1]])
-        probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+        probs = (predict(x) if mirror.get("axis") is None  # test-time mirroring where it was trained with it
+                 else mirrored_probabilities(predict, x, mirror["axis"], swap_table(model.n_classes, mirror["pairs"])))
+        probs = probs[0].cpu().numpy()
     clock.lap("network")
     out = to_original_geometry(probs, data["grid"], image)
     clock.lap("resample_back")

@@ -7,7 +7,9 @@ intensity augmentation (:mod:`gbmseg.augment`). The learning rate follows ``trai
 iterations all validation cases are predicted whole; the best mean Dice is kept. Early stopping
 (:mod:`gbmseg.stopping`) cannot end a run before ``min_iterations`` or before its validation Dice
 has passed ``dice_floor``; a run that never passes it is reported as not learned. Budgets are
-iterations; ``max_time_s`` is an optional wall-time cap.
+iterations; ``max_time_s`` is an optional wall-time cap. With ``training.mirror``, the mirror plan
+(:mod:`gbmseg.mirror`) is made from the training cases and recorded in ``config.json``; validation
+does not mirror (prediction does).
 
 A run directory holds everything about one training run::
 
@@ -51,6 +53,7 @@ from .channels import channel_arrays, input_width
 from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
+from .mirror import plan_mirror, swap_table
 from .network import build_network, load_checkpoint, load_weights, select_device
 from .patches import predict_logits, random_patch
 from .preprocessing import case_stats, grid_spacing, load_case, load_plan
@@ -210,9 +213,14 @@ class Trainer:
         self.train_loss_fn = DeepSupervisionLoss(self.loss_fn)
         # mask dropout needs an input beside the mask: a mask-only model would see nothing (image-only has no mask)
         mask_drop = float(self.tcfg.mask_dropout) if len(channels_for_mode(mode)) > 1 else 0.0
+        # mirroring: only where the training labels show left/right pairs about the midline (gbmseg.mirror)
+        self.mirror_plan = (plan_mirror(self.plan["labels"], [load_case(self.cache, c) for c in train_cases],
+                                        spacing[::-1]) if self.tcfg.mirror else None)
+        mirror = (None if self.mirror_plan is None or self.mirror_plan["axis"] is None
+                  else (self.mirror_plan["axis"], swap_table(self.n_classes, self.mirror_plan["pairs"])))
         self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment),
-                                  mask_drop=mask_drop)
-                        if self.tcfg.augment or self.tcfg.mask_augment or mask_drop else None)
+                                  mask_drop=mask_drop, mirror=mirror)
+                        if self.tcfg.augment or self.tcfg.mask_augment or mask_drop or mirror else None)
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
         self.gen = torch.Generator().manual_seed(self.sample_seed)
@@ -222,7 +230,7 @@ class Trainer:
                          "labels": self.plan["labels"], "modality": self.plan["modality"],
                          "masks": self.plan["masks"], "crop_plan": self.plan.get("crop_plan"),
                          "case_stats": case_stats(self.cache, list(train_cases) + list(val_cases)),
-                         "channels": list(channels_for_mode(mode)),
+                         "channels": list(channels_for_mode(mode)), "mirror": self.mirror_plan,
                          "config": config.to_dict(), "device": str(self.device),
                          "amp": str(self.amp_dtype) if self.amp_dtype else None, "runtime": self.runtime,
                          "torch": torch.__version__, "python": platform.python_version(),
@@ -334,6 +342,10 @@ class Trainer:
         budget = t.max_time_s or float("inf")
         self.log.info("%s run: mode=%s train=%d val=%d device=%s seed=%d", "resumed" if resumed else "new",
                       self.mode, len(self.train_data), len(self.val_data), self.device, self.seed)
+        if self.mirror_plan is not None:
+            self.log.info("mirroring %s: %s", "off" if self.mirror_plan["axis"] is None else
+                          f"along grid axis {self.mirror_plan['axis']} (numpy, Z Y X), label pairs "
+                          f"{self.mirror_plan['pairs']}", self.mirror_plan["reason"])
         self.net.train()
         start = time.time() - self.state["elapsed"]
         stop, running = None, []
