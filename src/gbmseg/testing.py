@@ -66,13 +66,14 @@ def clip_air(root: Path) -> None:
 
 def tiny_config(**training) -> Config:
     """The fast preset shrunk to seconds: 4 mm, 32^3 centred on the mask, a 3-level U-Net with 8 base
-    channels, ReLU, no augmentation, constant learning rate."""
+    channels, ReLU, no augmentation or mirroring, constant learning rate."""
     cfg = load_config("fast", ["preprocessing.spacing=[4,4,4]", "preprocessing.size=[32,32,32]",
                                "network.depth=3", "network.base_channels=8", "network.activation=relu",
                                "network.dropout=0.0", "training.lr=0.003", "training.val_interval=10",
                                "training.max_iterations=30", "training.patience=100",
                                "preprocessing.crop=mask_center", "training.augment=false",
-                               "training.schedule=constant", "training.min_iterations=0"])
+                               "training.schedule=constant", "training.min_iterations=0",
+                               "training.mirror=false"])
     cfg.name = "tiny"
     for key, value in training.items():
         cfg.set_value(f"training.{key}={json.dumps(value)}")
