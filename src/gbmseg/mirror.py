@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -40,13 +39,12 @@ MAX_MIDLINE_MM = 15.0   # a pair's midpoint lies this close to the global mask's
 
 
 def _other_side(name: str) -> str | None:
-    """``eye_left`` -> ``eye_right``, ``Parotid_R`` -> ``Parotid_l``; None for a name without a side."""
-    low = name.lower()
+    """``eye_left`` -> ``eye_right``, ``parotid_r`` -> ``parotid_l`` (lower-case names); None without a side."""
     for a, b in (("left", "right"), ("right", "left")):
-        if a in low:
-            return re.sub(a, b, name, flags=re.IGNORECASE)
+        if a in name:
+            return name.replace(a, b)
     for a, b in (("_l", "_r"), ("_r", "_l")):
-        if low.endswith(a):
+        if name.endswith(a):
             return name[: -len(a)] + b
     return None
 
@@ -77,11 +75,16 @@ def plan_mirror(labels: Mapping[str, int], cases: Sequence[Mapping[str, np.ndarr
     """Whether and how to mirror, from training crops (each with ``label`` and ``mask``, ``(Z, Y, X)``
     or ``(1, Z, Y, X)``) on a grid of ``spacing_zyx`` mm.
 
-    Returns ``{"axis": numpy axis of (Z, Y, X) or None, "pairs": [[left, right], ...], "reason": str}``.
+    Returns ``{"axis": numpy axis of (Z, Y, X) or None, "pairs": [[value, value], ...] (from
+    :func:`lateral_pairs`), "reason": str}``.
     """
     pairs = lateral_pairs(labels)
+
+    def refuse(reason: str) -> dict:
+        return {"axis": None, "pairs": [list(p) for p in pairs], "reason": reason}
+
     if not pairs:
-        return {"axis": None, "pairs": [], "reason": "no structures named as left/right pairs"}
+        return refuse("no structures named as left/right pairs")
     spacing = np.asarray(spacing_zyx, dtype=float)
     axes = set()
     for i, case in enumerate(cases):
@@ -97,17 +100,15 @@ def plan_mirror(labels: Mapping[str, int], cases: Sequence[Mapping[str, np.ndarr
             k = int(np.argmax(np.abs(d)))
             share = float(abs(d[k]) / max(np.linalg.norm(d), 1e-9))
             if share < MIN_AXIS_SHARE:
-                return {"axis": None, "pairs": [list(p) for p in pairs],
-                        "reason": f"training case {i}: labels {a} and {b} do not lie apart along one axis "
-                                  f"(share {share:.2f} < {MIN_AXIS_SHARE}): not mirror-symmetric anatomy"}
+                return refuse(f"training case {i}: labels {a} and {b} do not lie apart along one axis "
+                              f"(share {share:.2f} < {MIN_AXIS_SHARE}): not mirror-symmetric anatomy")
             if centre is not None and abs((ca[k] + cb[k]) / 2 - centre[k]) > MAX_MIDLINE_MM:
-                return {"axis": None, "pairs": [list(p) for p in pairs],
-                        "reason": f"training case {i}: labels {a} and {b} are not placed about the global "
-                                  f"mask's midline (more than {MAX_MIDLINE_MM:g} mm off)"}
+                return refuse(f"training case {i}: labels {a} and {b} are not placed about the global "
+                              f"mask's midline (more than {MAX_MIDLINE_MM:g} mm off)")
             axes.add(k)
     if len(axes) != 1:
         why = "no training case holds both structures of a pair" if not axes else "pairs lie apart along different axes"
-        return {"axis": None, "pairs": [list(p) for p in pairs], "reason": why}
+        return refuse(why)
     return {"axis": axes.pop(), "pairs": [list(p) for p in pairs], "reason": "left/right pairs about the midline"}
 
 
