@@ -53,6 +53,46 @@ def test_augmentation_is_a_rotation_times_a_positive_scaling():
         assert np.linalg.det(matrix) > 0
 
 
+def _euler_deg(rotation: np.ndarray) -> np.ndarray:
+    """(ax, ay, az) in degrees of ``rotation = Rz @ Ry @ Rx`` (angles within +-90 degrees)."""
+    r = rotation
+    return np.degrees([np.arctan2(r[2, 1], r[2, 2]), -np.arcsin(r[2, 0]), np.arctan2(r[1, 0], r[0, 0])])
+
+
+@pytest.mark.parametrize("bound", [0.0, 15.0, 30.0])
+def test_augmentation_rotates_within_its_bound_about_each_axis(bound):
+    angles = []
+    for seed in range(200):
+        matrix, _ = random_affine(np.random.default_rng(seed), bound)
+        scale = np.linalg.norm(matrix, axis=0)  # M = R @ diag(s): the columns' lengths are the scales
+        angles.append(_euler_deg(matrix / scale[None, :]))
+    angles = np.abs(np.array(angles))
+    assert angles.max() <= bound + 1e-6
+    assert bound == 0.0 or angles.max() > 0.8 * bound  # the bound is used, not only respected
+
+
+def test_rotation_bound_reaches_the_augmenter(toy_cache, tmp_path):
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import Trainer
+
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=2, val_interval=1, augment=True, rotate_deg=25.0)
+    trainer = Trainer(cache, "image+mask", ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert trainer.augment.rotate_deg == 25.0
+
+
+@pytest.mark.parametrize("bound", [-1.0, 181.0])
+def test_rotation_bound_out_of_range_is_refused(toy_cache, tmp_path, bound):
+    from gbmseg.errors import GbmsegError
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    with pytest.raises(GbmsegError, match="rotate_deg"):
+        train(cache, "image", ds.cases[:2], ds.cases[4:], tiny_config(max_iterations=2, rotate_deg=bound),
+              tmp_path / "run", progress=False)
+
+
 def test_augmentation_is_reproducible_per_iteration():
     case, aug = _blocks(), Augmenter(seed=1)
     a, b = aug(case, 7), Augmenter(seed=1)(case, 7)

@@ -1,6 +1,7 @@
 """Training-time augmentation of model-grid crops: the anatomy, its global mask and its label move together.
 
-Spatial: one random affine per iteration (rotation about all three axes up to ``ROTATE_DEG``,
+Spatial: one random affine per iteration (rotation about all three axes up to ``training.rotate_deg``,
+default :data:`ROTATE_DEG`,
 per-axis scaling by up to ``SCALE``, translation by up to ``TRANSLATE_VOX`` voxels) resamples the
 image linearly and the global mask and label with nearest neighbour, on one sampling grid, so the
 three stay aligned. It is a rotation times a positive scaling: never a reflection, since labels are
@@ -52,7 +53,7 @@ from monai import transforms as T
 
 from .mirror import mirror_case
 
-ROTATE_DEG = 15.0       # about each axis, uniform in [-15, 15]
+ROTATE_DEG = 15.0       # default bound (degrees) of the rotation about each axis, uniform in [-bound, bound]
 SCALE = 0.15            # per axis, factor uniform in [0.85, 1.15]
 TRANSLATE_VOX = 4.0     # per axis, uniform in [-4, 4] voxels
 P_SPATIAL = 0.5         # probability of the spatial transform (half the samples are seen as they are)
@@ -70,9 +71,10 @@ def _rotation(angles) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def random_affine(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random (3x3 matrix, translation in voxels), both in (x, y, z) voxel units about the centre."""
-    rot = _rotation(np.radians(rng.uniform(-ROTATE_DEG, ROTATE_DEG, 3)))
+def random_affine(rng: np.random.Generator, rotate_deg: float = ROTATE_DEG) -> tuple[np.ndarray, np.ndarray]:
+    """A random (3x3 matrix, translation in voxels), both in (x, y, z) voxel units about the centre;
+    the rotation about each axis is uniform in ``[-rotate_deg, rotate_deg]`` degrees."""
+    rot = _rotation(np.radians(rng.uniform(-rotate_deg, rotate_deg, 3)))
     scale = rng.uniform(1 - SCALE, 1 + SCALE, 3)
     return rot @ np.diag(scale), rng.uniform(-TRANSLATE_VOX, TRANSLATE_VOX, 3)
 
@@ -139,12 +141,16 @@ class Augmenter:
     """
 
     def __init__(self, seed: int = 0, anatomy: bool = True, mask_p: float = 0.0, mask_drop: float = 0.0,
-                 mirror: tuple[int, np.ndarray] | None = None):
+                 mirror: tuple[int, np.ndarray] | None = None, rotate_deg: float = ROTATE_DEG):
         """``anatomy``: spatial + intensity augmentation (``training.augment``); ``mask_p``: the
         probability of :func:`perturb_mask` per call (``training.mask_augment``); ``mask_drop``: the
         probability of an all-zero mask channel per call (``training.mask_dropout``); ``mirror``:
         ``(grid axis, label swap table)`` from :func:`gbmseg.mirror.plan_mirror` (``training.mirror``),
-        reflected with probability :data:`P_MIRROR` per call, or ``None``."""
+        reflected with probability :data:`P_MIRROR` per call, or ``None``; ``rotate_deg``: the bound of
+        the rotation about each axis (``training.rotate_deg``)."""
+        if not 0.0 <= float(rotate_deg) <= 180.0:
+            raise ValueError(f"training.rotate_deg must be between 0 and 180 degrees, not {rotate_deg}")
+        self.rotate_deg = float(rotate_deg)
         self.seed, self.anatomy, self.mask_p = int(seed), bool(anatomy), float(mask_p)
         self.mask_drop, self.mirror = float(mask_drop), mirror
         self.intensity = _intensity()
@@ -157,7 +163,7 @@ class Augmenter:
             out = mirror_case(out, *self.mirror)
         if self.anatomy:
             if rng.random() < P_SPATIAL:
-                out = warp(out, *random_affine(rng))
+                out = warp(out, *random_affine(rng, self.rotate_deg))
             if "image" in out:
                 self.intensity.set_random_state(seed=int(rng.integers(2**31)))
                 out["image"] = torch.as_tensor(self.intensity({"image": out["image"]})["image"]).float()

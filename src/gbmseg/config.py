@@ -77,6 +77,7 @@ class TrainingConfig:
                                           # only in modes with another input beside the mask
     mirror: bool = False                  # left-right mirroring, left/right labels swapped, in training and at prediction,
                                           # where the training labels show symmetric anatomy (gbmseg.mirror)
+    rotate_deg: float = 15.0              # augmentation: rotation about each axis uniform in [-rotate_deg, rotate_deg]
     foreground: float = 1 / 3             # crop larger than the patch: share of patches centred on a structure
 
 

@@ -172,6 +172,8 @@ class Trainer:
         for key in ("mask_augment", "mask_dropout"):
             if not 0.0 <= float(getattr(t, key)) <= 1.0:
                 raise GbmsegError(f"training.{key} {getattr(t, key)}: a probability per iteration, from 0 to 1")
+        if not 0.0 <= float(t.rotate_deg) <= 180.0:
+            raise GbmsegError(f"training.rotate_deg {t.rotate_deg}: the rotation bound in degrees, from 0 to 180")
         if t.optimizer not in OPTIMIZERS:
             raise GbmsegError(f"training.optimizer '{t.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
@@ -219,7 +221,8 @@ class Trainer:
         mirror = (None if self.mirror_plan is None or self.mirror_plan["axis"] is None
                   else (self.mirror_plan["axis"], swap_table(self.n_classes, self.mirror_plan["pairs"])))
         self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment),
-                                  mask_drop=mask_drop, mirror=mirror)
+                                  mask_drop=mask_drop, mirror=mirror,
+                                  rotate_deg=float(self.tcfg.rotate_deg))
                         if self.tcfg.augment or self.tcfg.mask_augment or mask_drop or mirror else None)
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
