@@ -148,10 +148,8 @@ class Augmenter:
         ``(grid axis, label swap table)`` from :func:`gbmseg.mirror.plan_mirror` (``training.mirror``),
         reflected with probability :data:`P_MIRROR` per call, or ``None``; ``rotate_deg``: the bound of
         the rotation about each axis (``training.rotate_deg``)."""
-        if not 0.0 <= float(rotate_deg) <= 180.0:
-            raise ValueError(f"training.rotate_deg must be between 0 and 180 degrees, not {rotate_deg}")
-        self.rotate_deg = float(rotate_deg)
         self.seed, self.anatomy, self.mask_p = int(seed), bool(anatomy), float(mask_p)
+        self.rotate_deg = float(rotate_deg)  # its range is checked with the other settings by gbmseg.training
         self.mask_drop, self.mirror = float(mask_drop), mirror
         self.intensity = _intensity()
 

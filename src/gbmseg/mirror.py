@@ -88,7 +88,8 @@ def plan_mirror(labels: Mapping[str, int], cases: Sequence[Mapping[str, np.ndarr
     spacing = np.asarray(spacing_zyx, dtype=float)
     axes = set()
     for i, case in enumerate(cases):
-        label = np.asarray(case["label"]).reshape(np.asarray(case["label"]).shape[-3:])
+        label = np.asarray(case["label"])
+        label = label.reshape(label.shape[-3:])
         mask = np.asarray(case["mask"]).reshape(label.shape)
         centre = np.argwhere(mask > 0).mean(0) * spacing if mask.any() else None
         for a, b in pairs:
