@@ -160,6 +160,7 @@ def test_training_records_the_plan_and_prediction_uses_it(tmp_path, kind, mirror
     else:
         assert plan["axis"] is None and "not mirror-symmetric" in plan["reason"]
     model = load_model(tmp_path / "run")
+    assert model.net.head.out_channels == model.n_classes == len(ds.labels) + 1  # background + each structure
     out = predict_file(model, ds.image_path(ds.cases[2]), tmp_path / "seg.nii.gz")
     assert out.exists()
 

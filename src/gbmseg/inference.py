@@ -23,7 +23,7 @@ from .io import read_json
 from . import runtime
 from . import __version__
 from .mirror import mirrored_probabilities, swap_table
-from .network import UNet3D, build_network, load_checkpoint, load_weights, select_device
+from .network import UNet3D, build_network, load_checkpoint, load_weights, output_classes, select_device
 from .patches import predict_logits
 from .preprocessing import grid_spacing, preprocess_image, to_original_geometry
 
@@ -44,7 +44,7 @@ class Model:
     @property
     def n_classes(self) -> int:
         """Network outputs: background and one per structure."""
-        return len(self.info["labels"]) + 1
+        return output_classes(self.info["labels"])
 
 
 def load_model(run_dir: str | Path, device: str | None = None) -> Model:
@@ -58,7 +58,7 @@ def load_model(run_dir: str | Path, device: str | None = None) -> Model:
     config = Config.from_dict(info["config"], source=str(cfg_path), record=True)
     dev = select_device(device)
     runtime.configure(dev)
-    net = build_network(config.network, input_width(info["mode"]), len(info["labels"]) + 1)  # Model.n_classes
+    net = build_network(config.network, input_width(info["mode"]), output_classes(info["labels"]))
     made_by = info.get("gbmseg_version", "an unknown version")
     load_weights(net, load_checkpoint(weights, dev, hint="; copy or train the model again")["model"], weights,
                  f"{cfg_path.name} (made by gbmseg {made_by}, this is {__version__})", info["channels"])

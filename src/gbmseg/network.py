@@ -143,6 +143,17 @@ class UNet3D(nn.Module):
         return [self.head(x)] + [head(y) for head, y in zip(self.aux, reversed(coarse[:-1]))]
 
 
+def output_classes(labels) -> int:
+    """The network's outputs for a dataset's structures ``labels`` (name -> value): background and
+    one per structure.
+
+    Example:
+        >>> output_classes({"brainstem": 1, "eye_left": 2, "eye_right": 3})
+        4
+    """
+    return len(labels) + 1
+
+
 def build_network(net_cfg: NetworkConfig, in_channels: int, n_classes: int) -> UNet3D:
     """The U-Net described by a config's ``network`` section."""
     return UNet3D(in_channels, n_classes, depth=net_cfg.depth, base_channels=net_cfg.base_channels,

@@ -54,7 +54,7 @@ from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
 from .mirror import plan_mirror, swap_table
-from .network import build_network, load_checkpoint, load_weights, select_device
+from .network import build_network, load_checkpoint, load_weights, output_classes, select_device
 from .patches import predict_logits, random_patch
 from .preprocessing import case_stats, grid_spacing, load_case, load_plan
 from .stopping import StoppingRule
@@ -97,10 +97,9 @@ def learning_rate(t: TrainingConfig, iteration: int) -> float:
     return t.lr
 
 
-def case_tensors(cache: Path, case: str, mode: str, spacing_xyz) -> dict[str, torch.Tensor]:
-    """A cached case as float tensors: the channels of ``mode`` (:mod:`gbmseg.channels`, each
-    ``(width, Z, Y, X)``), and ``label`` (1, Z, Y, X)."""
-    data = load_case(cache, case)
+def case_tensors(data: dict, mode: str, spacing_xyz) -> dict[str, torch.Tensor]:
+    """A cached case's arrays (:func:`gbmseg.preprocessing.load_case`) as float tensors: the
+    channels of ``mode`` (:mod:`gbmseg.channels`, each ``(width, Z, Y, X)``), and ``label`` (1, Z, Y, X)."""
     tensors = {k: torch.from_numpy(v) for k, v in channel_arrays(data, mode, spacing_xyz).items()}
     tensors["label"] = torch.from_numpy(data["label"][None].astype(np.float32))
     return tensors
@@ -183,7 +182,7 @@ class Trainer:
         if self.plan["preprocessing"] != dataclasses.asdict(config.preprocessing):
             raise GbmsegError(f"{self.cache / 'plan.json'}: this cache was made with other preprocessing settings "
                               "than the run's config; preprocess with this config first")
-        self.n_classes = len(self.plan["labels"]) + 1
+        self.n_classes = output_classes(self.plan["labels"])
         self.device = distributed.setup(select_device(device))
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
@@ -196,8 +195,16 @@ class Trainer:
         self.log = _logger(self.out / "train.log") if self.main else _silent_logger()
         seed_everything(seed)
         spacing = grid_spacing(config.preprocessing, self.plan.get("crop_plan"))
-        self.train_data = [case_tensors(self.cache, c, mode, spacing) for c in distributed.shard(list(train_cases))]
-        self.val_data = [case_tensors(self.cache, c, mode, spacing) for c in val_cases] if self.main else []
+        # every training case is read once: this rank's share becomes tensors; every case's label and mask
+        # (small, uint8) are kept for the mirror plan, which all ranks make alike from all the cases
+        mine, tensors, lateral = distributed.shard(list(train_cases)), {}, []
+        for case in dict.fromkeys(train_cases):
+            data = load_case(self.cache, case)
+            lateral.append({"label": data["label"], "mask": data["mask"]})
+            if case in mine:
+                tensors[case] = case_tensors(data, mode, spacing)
+        self.train_data = [tensors[c] for c in mine]
+        self.val_data = [case_tensors(load_case(self.cache, c), mode, spacing) for c in val_cases] if self.main else []
         self.patch = [int(s) for s in config.preprocessing.size[::-1]]  # (Z, Y, X), the network's largest input
         self.net = build_network(config.network, input_width(mode), self.n_classes).to(self.device)
         self.model = self.net  # what the training step calls: the network, or its DDP wrapper
@@ -216,8 +223,8 @@ class Trainer:
         # mask dropout needs an input beside the mask: a mask-only model would see nothing (image-only has no mask)
         mask_drop = float(self.tcfg.mask_dropout) if len(channels_for_mode(mode)) > 1 else 0.0
         # mirroring: only where the training labels show left/right pairs about the midline (gbmseg.mirror)
-        self.mirror_plan = (plan_mirror(self.plan["labels"], [load_case(self.cache, c) for c in train_cases],
-                                        spacing[::-1]) if self.tcfg.mirror else None)
+        self.mirror_plan = plan_mirror(self.plan["labels"], lateral, spacing[::-1]) if self.tcfg.mirror else None
+        del lateral
         mirror = (None if self.mirror_plan is None or self.mirror_plan["axis"] is None
                   else (self.mirror_plan["axis"], swap_table(self.n_classes, self.mirror_plan["pairs"])))
         self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment),
