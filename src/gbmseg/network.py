@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -143,7 +144,7 @@ class UNet3D(nn.Module):
         return [self.head(x)] + [head(y) for head, y in zip(self.aux, reversed(coarse[:-1]))]
 
 
-def output_classes(labels) -> int:
+def output_classes(labels: Mapping[str, int]) -> int:
     """The network's outputs for a dataset's structures ``labels`` (name -> value): background and
     one per structure.
 
