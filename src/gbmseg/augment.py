@@ -51,9 +51,10 @@ import torch
 import torch.nn.functional as F
 from monai import transforms as T
 
+from .config import TrainingConfig
 from .mirror import mirror_case
 
-ROTATE_DEG = 15.0       # default bound (degrees) of the rotation about each axis, uniform in [-bound, bound]
+ROTATE_DEG = TrainingConfig.rotate_deg  # default bound (degrees) of the rotation about each axis: the config's
 SCALE = 0.15            # per axis, factor uniform in [0.85, 1.15]
 TRANSLATE_VOX = 4.0     # per axis, uniform in [-4, 4] voxels
 P_SPATIAL = 0.5         # probability of the spatial transform (half the samples are seen as they are)

@@ -196,7 +196,7 @@ class Trainer:
         seed_everything(seed)
         spacing = grid_spacing(config.preprocessing, self.plan.get("crop_plan"))
         # every training case is read once: this rank's share becomes tensors; every case's label and mask
-        # (small, uint8) are kept for the mirror plan, which all ranks make alike from all the cases
+        # (small, uint8) go to the mirror plan, which all ranks make alike from all the cases
         mine, tensors, lateral = distributed.shard(list(train_cases)), {}, []
         for case in dict.fromkeys(train_cases):
             data = load_case(self.cache, case)
@@ -204,6 +204,8 @@ class Trainer:
             if case in mine:
                 tensors[case] = case_tensors(data, mode, spacing)
         self.train_data = [tensors[c] for c in mine]
+        # mirroring: only where the training labels show left/right pairs about the midline (gbmseg.mirror)
+        self.mirror_plan = plan_mirror(self.plan["labels"], lateral, spacing[::-1]) if self.tcfg.mirror else None
         self.val_data = [case_tensors(load_case(self.cache, c), mode, spacing) for c in val_cases] if self.main else []
         self.patch = [int(s) for s in config.preprocessing.size[::-1]]  # (Z, Y, X), the network's largest input
         self.net = build_network(config.network, input_width(mode), self.n_classes).to(self.device)
@@ -222,9 +224,6 @@ class Trainer:
         self.train_loss_fn = DeepSupervisionLoss(self.loss_fn)
         # mask dropout needs an input beside the mask: a mask-only model would see nothing (image-only has no mask)
         mask_drop = float(self.tcfg.mask_dropout) if len(channels_for_mode(mode)) > 1 else 0.0
-        # mirroring: only where the training labels show left/right pairs about the midline (gbmseg.mirror)
-        self.mirror_plan = plan_mirror(self.plan["labels"], lateral, spacing[::-1]) if self.tcfg.mirror else None
-        del lateral
         mirror = (None if self.mirror_plan is None or self.mirror_plan["axis"] is None
                   else (self.mirror_plan["axis"], swap_table(self.n_classes, self.mirror_plan["pairs"])))
         self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment),
