@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from gbmseg.report import make_report, overlay_panels
-from gbmseg.sweep_stats import load_runs, wilcoxon_p
+from gbmseg.sweep_stats import Run, convergence_table, first_reached, load_runs, wilcoxon_p
 
 LABELS = {"brainstem": 1, "eye_left": 2, "eye_right": 3}
 CASES = ["case_000", "case_001", "case_002", "case_003"]
@@ -120,11 +120,11 @@ def test_files_and_self_contained_html(report):
     out = sweep_dir / "report"
     assert html_path == out / "report.html"
     for name in ["report.md", "dice.csv", "com.csv", "hd95.csv", "time.csv", "comparison.csv",
-                 "figures/dice_vs_n.png", "figures/loss_curves.png"]:
+                 "convergence.csv", "figures/dice_vs_n.png", "figures/loss_curves.png", "figures/val_dice.png"]:
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "figures").glob("overlay_*.png")) == [f"overlay_{c}.png" for c in TEST]
     text = html_path.read_text()
-    assert text.count("data:image/png;base64,") == 5
+    assert text.count("data:image/png;base64,") == 6
     assert 'src="http' not in text and "src='http" not in text and "<link" not in text and "<script" not in text
     md = (out / "report.md").read_text()
     assert "![dice_vs_n.png](figures/dice_vs_n.png)" in md and "| 1 | brainstem | 0.54 (0.03) |" in md and "[1 missing]" in md  # a Dice cell
@@ -211,9 +211,48 @@ def test_nothing_finished_yet(tmp_path):
     assert "0 of 18 planned finished; 1 started but unfinished (skipped: image_n04_seed0); 17 not started" in text
     assert pd.read_csv(sweep_dir / "report" / "dice.csv")["n"].eq(0).all()
     assert not (sweep_dir / "report" / "figures" / "loss_curves.png").exists()
+    assert not (sweep_dir / "report" / "figures" / "val_dice.png").exists()
 
 
 def test_wilcoxon_p_rules():
     assert np.isnan(wilcoxon_p([0.1, 0.2, 0.3, 0.4]))
     assert wilcoxon_p(np.zeros(10)) == 1.0
     assert wilcoxon_p(np.linspace(0.01, 0.1, 10)) < 0.01
+
+
+@pytest.mark.parametrize("val_dice, target, expected", [
+    ([0.1, 0.4, 0.6, 0.8], 0.5, (150.0, 30.0)),   # first crossing, not the best
+    ([0.1, 0.7, 0.3, 0.9], 0.7, (100.0, 20.0)),   # reached exactly, then lost: still counts
+    ([0.1, 0.2, 0.3, 0.4], 0.5, None),            # never
+    ([0.6, 0.1, 0.1, 0.1], 0.5, (50.0, 10.0)),    # at the first validation
+])
+def test_first_reached(val_dice, target, expected):
+    history = pd.DataFrame(dict(iteration=[50, 100, 150, 200], val_dice=val_dice, wall_s=[10.0, 20.0, 30.0, 40.0]))
+    assert first_reached(history, target) == expected
+
+
+def _run(mode: str, n: int, seed: int, val_dice) -> Run:
+    it = 50 * np.arange(1, len(val_dice) + 1)
+    return Run(Path("."), f"{mode}_n{n:02d}_seed{seed}", mode, n, seed, {},
+               pd.DataFrame(dict(iteration=it, val_dice=val_dice, wall_s=it / 5.0)))
+
+
+def test_convergence_table_counts_runs_that_never_reach_a_target():
+    runs = [_run("image", 1, 0, [0.2, 0.5, 0.6, 0.72]), _run("image", 1, 1, [0.3, 0.4, 0.55, 0.6]),
+            _run("image+mask", 1, 0, [0.5, 0.7, 0.75, 0.8]), _run("image+mask", 1, 1, [0.6, 0.65, 0.71, 0.8])]
+    conv = convergence_table(runs, ["image", "image+mask"], [1, 2]).set_index(["mode", "n_train", "target"])
+    assert conv.loc[("image", 1, 0.5), ["n_reached", "iterations_mean"]].tolist() == [2, 125.0]
+    assert conv.loc[("image", 1, 0.7), ["n_runs", "n_reached", "iterations_mean", "seconds_mean"]].tolist() == [2, 1, 200.0, 40.0]
+    assert conv.loc[("image+mask", 1, 0.7), "iterations_mean"] == 125.0  # 100 and 150
+    assert conv.loc[("image+mask", 1, 0.5), "iterations_sd"] == 0.0
+    assert conv.loc[("image", 2, 0.5), "n_runs"] == 0 and np.isnan(conv.loc[("image", 2, 0.5), "iterations_mean"])
+
+
+def test_report_has_the_convergence_table(report):
+    sweep_dir, html_path = report
+    conv = pd.read_csv(sweep_dir / "report" / "convergence.csv").set_index(["mode", "n_train", "target"])
+    # the fake histories: val Dice 1 - exp(-it / 50) at it = 10, 20, ..., wall 0.5 s per iteration
+    assert conv.loc[("mask", 2, 0.5), ["n_reached", "iterations_mean", "seconds_mean"]].tolist() == [2, 40.0, 20.0]
+    assert conv.loc[("image", 1, 0.7), "iterations_mean"] == 70.0
+    md = (sweep_dir / "report" / "report.md").read_text()
+    assert "## Convergence" in md and "| 1 | image only | 40 (0) it, 20 (0) s [2/2] | 70 (0) it, 35 (0) s [2/2] |" in md

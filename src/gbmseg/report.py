@@ -10,13 +10,15 @@ jobs are skipped and counted) and writes into ``SWEEP/report/`` (or ``out_dir``)
     hd95.csv        the same for HD95 in mm
     time.csv        mode, n_train, train_time_s / best_iteration / time_to_best_s / predict_s_per_case
                     mean and sd, n_runs (predict_s_per_case of mode atlas: its whole time per test case)
+    convergence.csv mode, n_train, target, n_runs, n_reached, iterations / seconds mean and sd: until
+                    validation Dice first reached the target (0.5, 0.7; the paper's Tables 5-6)
     comparison.csv  n_train, structure, mode, dice_mode, dice_image, rel_change_pct, n_pairs, p_value
     comparison_vs_image_mask.csv   (when image+mask is in the sweep) every other mode against it:
                     n_train, structure, mode, base, dice_mode, dice_base, dice_diff, n_pairs, p_dice,
                     com_mode, com_base, com_diff, n_com_pairs, p_com
     cross_modality.csv  (sweeps with --also-test) tested_on, mode, n_train, structure, own_mean, own_sd,
                     own_n, other_mean, other_sd, other_n, ratio
-    figures/        dice_vs_n.png, loss_curves.png, overlay_<case>.png
+    figures/        dice_vs_n.png, loss_curves.png, val_dice.png, overlay_<case>.png
 
 Statistics: see :mod:`gbmseg.sweep_stats`, which computes every number; this module draws and
 renders them. Any set of modes is shown: known modes in :data:`gbmseg.sweep_stats.MODE_ORDER`, then
@@ -48,9 +50,9 @@ from matplotlib.patches import Patch
 from .dataset import Dataset
 from .io import PathLike, atomic_path, read_image, read_json, same_geometry, to_array, write_text
 from .sweep import SWEEP_KEYS
-from .sweep_stats import (ALPHA, COLLAPSES, HOLDS, MIN_PAIRS, REFERENCE, Run, compare, compare_to,
-                          coords_statement, cross_statements, cross_table, fmt_mean_sd, load_also_test, load_runs,
-                          order_modes, p_text, statement, summarize_metric, time_table)
+from .sweep_stats import (ALPHA, COLLAPSES, CONVERGENCE_TARGETS, HOLDS, MIN_PAIRS, REFERENCE, Run, compare,
+                          compare_to, convergence_table, coords_statement, cross_statements, cross_table, fmt_mean_sd,
+                          load_also_test, load_runs, order_modes, p_text, statement, summarize_metric, time_table)
 
 MODE_TITLE = {"image": "image only", "mask": "mask only", "image+mask": "image+mask", "image+coords": "image+coords",
               "image+sdm": "image+SDM", "atlas": "multi-atlas", "atlas-lw": "multi-atlas (local weights)"}
@@ -137,6 +139,23 @@ def fig_loss_curves(runs: list[Run], modes, sizes) -> bytes | None:
     handles = _mode_lines(modes) + [Line2D([], [], color="0.3", label="train"),
                                     Line2D([], [], color="0.3", ls="--", label="validation")]
     return _png(fig, handles, "Training and validation loss (one line per seed)")
+
+
+def fig_val_dice(runs: list[Run], modes, sizes) -> bytes | None:
+    """Validation Dice against iteration per N (one line per seed), the convergence targets dotted."""
+    shown = [n for n in sizes if any(r.n_train == n and r.history is not None for r in runs)][-6:]
+    if not shown:
+        return None
+    fig, axes = _grid(len(shown), 3, 4.2, 3.0)
+    for ax, n in zip(axes, shown):
+        for r in runs:
+            if r.n_train == n and r.history is not None:
+                ax.plot(r.history["iteration"], r.history["val_dice"], color=mode_color(r.mode), lw=1.2, alpha=0.8)
+        for target in CONVERGENCE_TARGETS:
+            ax.axhline(target, color="0.5", lw=0.8, ls=":")
+        ax.set(title=f"N = {n}", xlabel="iteration", ylabel="validation Dice", ylim=(0, 1.0))
+        ax.grid(alpha=0.3)
+    return _png(fig, _mode_lines(modes), "Validation Dice during training (one line per seed)")
 
 
 def _best_slice(lab: np.ndarray, axis: int, values) -> int:
@@ -378,6 +397,31 @@ def _vs_reference_blocks(vs: pd.DataFrame, modes, sizes, structures) -> list[tup
     return blocks
 
 
+def _convergence_blocks(conv: pd.DataFrame) -> list[tuple]:
+    """The convergence table: rows N x mode (modes that train), a column per validation-Dice target."""
+    conv = conv[conv["n_runs"] > 0]
+    if not len(conv):
+        return []
+    targets = sorted(conv["target"].unique())
+
+    def cell(r) -> str:
+        if r is None or not r.n_reached:
+            return f"not reached [0/{r.n_runs}]" if r is not None else ""
+        return (f"{fmt_mean_sd(r.iterations_mean, r.iterations_sd, 0)} it, "
+                f"{fmt_mean_sd(r.seconds_mean, r.seconds_sd, 0)} s [{r.n_reached}/{r.n_runs}]")
+
+    rows, first = [], None
+    for (n, mode), sub in conv.groupby(["n_train", "mode"], sort=False):
+        by_target = {r.target: r for r in sub.itertuples()}
+        rows.append([n if n != first else "", MODE_TITLE.get(mode, mode), *[cell(by_target.get(t)) for t in targets]])
+        first = n
+    return [("h2", "Convergence"),
+            ("table", ["N", "mode", *[f"to validation Dice {t:g}" for t in targets]], rows,
+             "Iterations and training seconds until the validation Dice first reached the target: mean (sd) over "
+             "the runs that reached it, [reached/runs]; resolution: the validation interval. The paper's Tables 5-6 "
+             "measure the same effect as training time to convergence.")]
+
+
 def _agreement_line(sweep: dict, sweep_dir: Path, rec: dict) -> str | None:
     """The other dataset's masks vs the sweep dataset's masks of the same subjects, from mask_agreement_<NAME>.csv."""
     here = Path(sweep.get("dataset", "?")).name
@@ -461,6 +505,7 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
     tables = {name: summarize_metric(metrics, col, modes, sizes, structures)
               for name, col in (("dice", "dice"), ("com", "com_mm"), ("hd95", "hd95_mm"))}
     tables["time"] = time_table(runs, modes, sizes)
+    tables["convergence"] = convergence_table(runs, modes, sizes)
     others = [m for m in modes if m != "image"]
     if others:  # a sweep of image only has nothing to compare
         tables["comparison"] = comp = compare(metrics, sizes, structures, others)
@@ -501,6 +546,7 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
                 "mean (sd) over seeds, from each run's train/result.json and done.json; s per test case: prediction, "
                 "or for multi-atlas its whole work per case (registrations, cache misses included, and fusion; "
                 "it has no training).")]
+    blocks += _convergence_blocks(tables["convergence"])
 
     def change(n, s, mode):
         r = comp[(comp["n_train"] == n) & (comp["structure"] == s) & (comp["mode"] == mode)].iloc[0]
@@ -530,10 +576,15 @@ def make_report(sweep_dir: PathLike, out_dir: PathLike | None = None) -> Path:
     loss = fig_loss_curves(runs, modes, sizes)
     if loss is not None:
         figures["loss_curves.png"] = loss
+    val_dice = fig_val_dice(runs, modes, sizes)
+    if val_dice is not None:
+        figures["val_dice.png"] = val_dice
     blocks += [("h2", "Figures"), ("fig", "dice_vs_n.png", "Test Dice vs number of training cases N (log2 axis); "
                                    "error bars: sd over test cases × seeds.")]
     if loss is not None:
         blocks.append(("fig", "loss_curves.png", "Training (solid) and validation (dashed) loss per mode and N."))
+    if val_dice is not None:
+        blocks.append(("fig", "val_dice.png", "Validation Dice per mode and N; dotted: the convergence table's targets."))
     try:
         shown = overlays(sweep, runs, metrics, modes)
     except Exception as exc:  # a moved dataset must not cost the whole report

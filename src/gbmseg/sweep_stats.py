@@ -40,6 +40,7 @@ ALPHA = 0.05
 MATCH_DICE = 0.02  # image+coords "matches" image+mask: mean Dice within this and p >= ALPHA
 HOLDS, COLLAPSES = 0.9, 0.1  # cross-modality: keeps >= 90 % of its own Dice; falls below 10 %
 MIN_PAIRS = 5  # below this many pairs no p-value (with 5 the smallest exact p is 0.0625 anyway)
+CONVERGENCE_TARGETS = (0.5, 0.7)  # validation Dice levels whose first crossing measures convergence
 
 
 @dataclass
@@ -120,6 +121,45 @@ def time_table(runs: list[Run], modes, sizes) -> pd.DataFrame:
                 row[f"{k}_mean"], row[f"{k}_sd"] = sub[k].astype(float).mean(), sub[k].astype(float).std()
             rows.append({**row, "n_runs": len(sub)})
     return pd.DataFrame(rows)
+
+
+def first_reached(history: pd.DataFrame | None, target: float) -> tuple[float, float] | None:
+    """(iteration, wall seconds) of the first validation whose Dice is >= ``target``; ``None`` if none.
+
+    >>> h = pd.DataFrame(dict(iteration=[50, 100, 150], val_dice=[0.2, 0.55, 0.8], wall_s=[10.0, 20.0, 30.0]))
+    >>> first_reached(h, 0.5), first_reached(h, 0.9)
+    ((100.0, 20.0), None)
+    """
+    if history is None or not len(history):
+        return None
+    hit = history[history["val_dice"].astype(float) >= target]
+    if not len(hit):
+        return None
+    row = hit.iloc[0]
+    return float(row["iteration"]), float(row.get("wall_s", np.nan))
+
+
+def convergence_table(runs: list[Run], modes, sizes, targets=CONVERGENCE_TARGETS) -> pd.DataFrame:
+    """Iterations and seconds until validation Dice first reached each target, per N x mode x target.
+
+    The paper's convergence claim (its Tables 5-6: the mask channel shortens training) measured
+    without depending on when a run happens to stop: mean and sd over the runs that reached the
+    target, ``n_reached`` of ``n_runs`` (runs with a training history). Resolution: the validation
+    interval. A mode whose runs do not reach a target has ``n_reached`` 0 and no mean.
+    """
+    rows = []
+    for n in sizes:
+        for mode in modes:
+            sub = [r for r in runs if r.mode == mode and r.n_train == n and r.history is not None]
+            for target in targets:
+                hits = [h for h in (first_reached(r.history, target) for r in sub) if h is not None]
+                its = pd.Series([h[0] for h in hits], dtype=float)
+                secs = pd.Series([h[1] for h in hits], dtype=float)
+                rows.append(dict(mode=mode, n_train=n, target=target, n_runs=len(sub), n_reached=len(hits),
+                                 iterations_mean=its.mean(), iterations_sd=its.std(),
+                                 seconds_mean=secs.mean(), seconds_sd=secs.std()))
+    return pd.DataFrame(rows, columns=["mode", "n_train", "target", "n_runs", "n_reached", "iterations_mean",
+                                       "iterations_sd", "seconds_mean", "seconds_sd"])
 
 
 def wilcoxon_p(diff) -> float:
