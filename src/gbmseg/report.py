@@ -123,7 +123,8 @@ def fig_dice_vs_n(dice: pd.DataFrame, modes, sizes, structures) -> bytes:
                 "Test Dice vs training-set size (mean ± sd over test cases × seeds)")
 
 
-def fig_loss_curves(runs: list[Run], modes, sizes) -> bytes | None:
+def _history_panels(runs: list[Run], sizes, ylabel: str, draw) -> Figure | None:
+    """One panel per N (the largest six with a training history): ``draw(ax, history, colour)`` per run."""
     shown = [n for n in sizes if any(r.n_train == n and r.history is not None for r in runs)][-6:]
     if not shown:
         return None
@@ -131,11 +132,20 @@ def fig_loss_curves(runs: list[Run], modes, sizes) -> bytes | None:
     for ax, n in zip(axes, shown):
         for r in runs:
             if r.n_train == n and r.history is not None:
-                h, c = r.history, mode_color(r.mode)
-                ax.plot(h["iteration"], h["train_loss"], color=c, lw=1.2, alpha=0.8)
-                ax.plot(h["iteration"], h["val_loss"], color=c, lw=1.2, ls="--", alpha=0.8)
-        ax.set(title=f"N = {n}", xlabel="iteration", ylabel="loss")
+                draw(ax, r.history, mode_color(r.mode))
+        ax.set(title=f"N = {n}", xlabel="iteration", ylabel=ylabel)
         ax.grid(alpha=0.3)
+    return fig
+
+
+def fig_loss_curves(runs: list[Run], modes, sizes) -> bytes | None:
+    def draw(ax, h, c):
+        ax.plot(h["iteration"], h["train_loss"], color=c, lw=1.2, alpha=0.8)
+        ax.plot(h["iteration"], h["val_loss"], color=c, lw=1.2, ls="--", alpha=0.8)
+
+    fig = _history_panels(runs, sizes, "loss", draw)
+    if fig is None:
+        return None
     handles = _mode_lines(modes) + [Line2D([], [], color="0.3", label="train"),
                                     Line2D([], [], color="0.3", ls="--", label="validation")]
     return _png(fig, handles, "Training and validation loss (one line per seed)")
@@ -143,18 +153,17 @@ def fig_loss_curves(runs: list[Run], modes, sizes) -> bytes | None:
 
 def fig_val_dice(runs: list[Run], modes, sizes) -> bytes | None:
     """Validation Dice against iteration per N (one line per seed), the convergence targets dotted."""
-    shown = [n for n in sizes if any(r.n_train == n and r.history is not None for r in runs)][-6:]
-    if not shown:
+    def draw(ax, h, c):
+        ax.plot(h["iteration"], h["val_dice"], color=c, lw=1.2, alpha=0.8)
+
+    fig = _history_panels(runs, sizes, "validation Dice", draw)
+    if fig is None:
         return None
-    fig, axes = _grid(len(shown), 3, 4.2, 3.0)
-    for ax, n in zip(axes, shown):
-        for r in runs:
-            if r.n_train == n and r.history is not None:
-                ax.plot(r.history["iteration"], r.history["val_dice"], color=mode_color(r.mode), lw=1.2, alpha=0.8)
-        for target in CONVERGENCE_TARGETS:
-            ax.axhline(target, color="0.5", lw=0.8, ls=":")
-        ax.set(title=f"N = {n}", xlabel="iteration", ylabel="validation Dice", ylim=(0, 1.0))
-        ax.grid(alpha=0.3)
+    for ax in fig.axes:
+        if ax.get_visible():
+            ax.set_ylim(0, 1.0)
+            for target in CONVERGENCE_TARGETS:
+                ax.axhline(target, color="0.5", lw=0.8, ls=":")
     return _png(fig, _mode_lines(modes), "Validation Dice during training (one line per seed)")
 
 
