@@ -127,6 +127,24 @@ def test_predict_errors(toy_dataset, tmp_path):
     assert not (tmp_path / "out.nii.gz").exists()
 
 
+def test_a_sweep_job_folder_names_its_run_and_a_sweep_folder_is_refused(toy_dataset, tmp_path):
+    from gbmseg.mask_model import model_hash
+
+    ds, cache = _prepared(toy_dataset, tmp_path)
+    sweep = tmp_path / "sweep"
+    job = sweep / "runs" / "image_n04_seed0"
+    with pytest.raises(GbmsegError, match="none has a model yet"):
+        (sweep / "runs").mkdir(parents=True)
+        (sweep / "sweep.json").write_text("{}")
+        load_model(sweep)
+    train(cache, "image", ds.cases[:4], ds.cases[4:], tiny_config(max_iterations=2), job / "train", progress=False)
+    model = load_model(job)  # what the sweep's progress line names
+    assert model.mode == "image" and model.n_classes == len(ds.labels) + 1
+    assert model_hash(job) == model_hash(job / "train")
+    with pytest.raises(GbmsegError, match=r"a sweep, not one trained model.*runs/image_n04_seed0"):
+        load_model(sweep)
+
+
 def test_end_to_end_beats_chance_on_held_out_cases(tmp_path):
     """Train for well under a minute on the toy task, predict held-out cases, Dice clearly above chance."""
     root = write_toy_dataset(tmp_path / "Toy", n=10, seed=4)

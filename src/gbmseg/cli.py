@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("predict", help="Segment an image, a DICOM folder, or a folder of images")
-    s.add_argument("-m", "--model", required=True, help="run directory of a trained model")
+    s.add_argument("-m", "--model", required=True,
+                   help="a trained model: a run directory, or a sweep's job folder (SWEEP/runs/<job>)")
     s.add_argument("-i", "--input", required=True, help="image file, DICOM series folder, or folder of images")
     s.add_argument("-o", "--output", required=True, help="output file (or folder in folder mode)")
     s.add_argument("--mask", help="ready global mask (file, or folder of <case>.nii.gz in folder mode)")

@@ -47,9 +47,31 @@ class Model:
         return output_classes(self.info["labels"])
 
 
+def run_folder(path: str | Path) -> Path:
+    """The training run folder that ``path`` names: a run itself (``config.json``, ``model.pt``) or
+    a sweep's job folder, whose run is its ``train/``::
+
+        sweeps/head/runs/image+mask_n02_seed0/        <- a job folder: its run is ...
+            train/config.json, train/model.pt         <- ... this one
+
+    A sweep folder is refused with its finished jobs named, so the user can pick one.
+    """
+    path = Path(path)
+    if (path / "config.json").exists() or not (path / "train" / "config.json").exists():
+        if (path / "sweep.json").exists():
+            done = sorted(p.parent.parent.name for p in path.glob("runs/*/train/model.pt"))
+            some = ", ".join(done[:4]) + (f" and {len(done) - 4} more" if len(done) > 4 else "")
+            raise GbmsegError(f"{path}: a sweep, not one trained model; pass one of its jobs, "
+                              + (f"e.g. {path / 'runs' / done[0]} (jobs with a model: {some})" if done
+                                 else "once one has finished (none has a model yet)"))
+        return path
+    return path / "train"
+
+
 def load_model(run_dir: str | Path, device: str | None = None) -> Model:
-    """Load ``model.pt`` (``weights_only=True``) and ``config.json`` from a run directory."""
-    run_dir = Path(run_dir)
+    """Load ``model.pt`` (``weights_only=True``) and ``config.json`` from a run directory (or a
+    sweep's job folder: see :func:`run_folder`)."""
+    run_dir = run_folder(run_dir)
     cfg_path, weights = run_dir / "config.json", run_dir / "model.pt"
     for p in (cfg_path, weights):
         if not p.exists():

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from .config import load_config
 from .dataset import Dataset, split_cases
 from .errors import GbmsegError
-from .inference import load_model, segment
+from .inference import load_model, run_folder, segment
 from .io import from_array, read_image, to_array, write_image, write_json
 from .morphology import box_mask, fill_holes, image_mask, largest_component
 from .preprocessing import preprocess_dataset
@@ -33,8 +33,9 @@ from .training import train
 
 
 def model_hash(run_dir: str | Path) -> str:
-    """SHA-256 (first 16 hex digits) of a run's ``model.pt``: identifies the mask model a model depends on."""
-    path = Path(run_dir) / "model.pt"
+    """SHA-256 (first 16 hex digits) of a run's ``model.pt``: identifies the mask model a model depends on.
+    ``run_dir`` may be a sweep's job folder (:func:`gbmseg.inference.run_folder`)."""
+    path = run_folder(run_dir) / "model.pt"
     if not path.exists():
         raise GbmsegError(f"{path}: mask model not found")
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
