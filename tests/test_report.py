@@ -248,6 +248,18 @@ def test_convergence_table_counts_runs_that_never_reach_a_target():
     assert conv.loc[("image", 2, 0.5), "n_runs"] == 0 and np.isnan(conv.loc[("image", 2, 0.5), "iterations_mean"])
 
 
+def test_convergence_cells_say_not_reached_and_drop_missing_seconds():
+    from gbmseg.report import _convergence_blocks
+
+    runs = [_run("image", 1, 0, [0.2, 0.4, 0.45]), _run("image+mask", 1, 0, [0.3, 0.6, 0.75])]
+    runs[1].history["wall_s"] = np.nan  # a history without wall times
+    conv = convergence_table(runs, ["image", "image+mask", "atlas"], [1])
+    (_, _), (_, header, rows, _) = _convergence_blocks(conv)
+    assert header == ["N", "mode", "to validation Dice 0.5", "to validation Dice 0.7"]
+    assert rows == [[1, "image only", "not reached [0/1]", "not reached [0/1]"],
+                    ["", "image+mask", "100 (–) it [1/1]", "150 (–) it [1/1]"]]  # atlas: no training, no row
+
+
 def test_report_has_the_convergence_table(report):
     sweep_dir, html_path = report
     conv = pd.read_csv(sweep_dir / "report" / "convergence.csv").set_index(["mode", "n_train", "target"])

@@ -133,16 +133,20 @@ def test_a_sweep_job_folder_names_its_run_and_a_sweep_folder_is_refused(toy_data
     ds, cache = _prepared(toy_dataset, tmp_path)
     sweep = tmp_path / "sweep"
     job = sweep / "runs" / "image_n04_seed0"
-    with pytest.raises(GbmsegError, match="none has a model yet"):
-        (sweep / "runs").mkdir(parents=True)
-        (sweep / "sweep.json").write_text("{}")
+    job.mkdir(parents=True)
+    (sweep / "sweep.json").write_text("{}")
+    (job / "job.json").write_text("{}")
+    with pytest.raises(GbmsegError, match="none has yet"):
         load_model(sweep)
+    with pytest.raises(GbmsegError, match="a sweep job without a trained model"):
+        load_model(job)  # an atlas job, or one not started
     train(cache, "image", ds.cases[:4], ds.cases[4:], tiny_config(max_iterations=2), job / "train", progress=False)
     model = load_model(job)  # what the sweep's progress line names
     assert model.mode == "image" and model.n_classes == len(ds.labels) + 1
     assert model_hash(job) == model_hash(job / "train")
-    with pytest.raises(GbmsegError, match=r"a sweep, not one trained model.*runs/image_n04_seed0"):
+    with pytest.raises(GbmsegError, match=r"a sweep, not one trained model.*runs/image_n04_seed0") as exc:
         load_model(sweep)
+    assert "\n" not in str(exc.value)
 
 
 def test_end_to_end_beats_chance_on_held_out_cases(tmp_path):

@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="auto",
                    help="auto (threshold for CT, otsu for MR), threshold, otsu, register, model, labels, box")
     s.add_argument("--params", help='JSON overrides, e.g. \'{"hu": -400}\'')
-    s.add_argument("--model", help="method model: run folder of a trained mask model")
+    s.add_argument("--model", help="method model: a trained mask model (its run folder, or a sweep job folder)")
     s.add_argument("--template", help="method register: template image, 'phantom', or a case id")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_masks)

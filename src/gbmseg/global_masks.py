@@ -186,7 +186,7 @@ def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | No
               "version": MASKS_VERSION}
     if method == "model":  # the mask model, by absolute path and hash, so prediction can check it
         if not record["params"].get("model"):
-            raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR)")
+            raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR: a mask-model run, or a sweep job folder)")
         record["params"]["model"] = str(Path(record["params"]["model"]).resolve())
         record["params"]["sha256"] = model_hash(record["params"]["model"])
     if method == "register":  # modality, and the template as "phantom" or an image path

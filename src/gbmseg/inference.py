@@ -54,18 +54,24 @@ def run_folder(path: str | Path) -> Path:
         sweeps/head/runs/image+mask_n02_seed0/        <- a job folder: its run is ...
             train/config.json, train/model.pt         <- ... this one
 
-    A sweep folder is refused with its finished jobs named, so the user can pick one.
+    A sweep folder is refused with its finished jobs (``train/result.json``) named, so the user
+    can pick one; so is a job folder without a training run (multi-atlas, or not started).
     """
     path = Path(path)
-    if (path / "config.json").exists() or not (path / "train" / "config.json").exists():
-        if (path / "sweep.json").exists():
-            done = sorted(p.parent.parent.name for p in path.glob("runs/*/train/model.pt"))
-            some = ", ".join(done[:4]) + (f" and {len(done) - 4} more" if len(done) > 4 else "")
-            raise GbmsegError(f"{path}: a sweep, not one trained model; pass one of its jobs, "
-                              + (f"e.g. {path / 'runs' / done[0]} (jobs with a model: {some})" if done
-                                 else "once one has finished (none has a model yet)"))
+    if (path / "config.json").exists():
         return path
-    return path / "train"
+    if (path / "train" / "config.json").exists():
+        return path / "train"
+    if (path / "sweep.json").exists():
+        done = sorted(p.parent.parent.name for p in path.glob("runs/*/train/result.json"))
+        some = ", ".join(done[:4]) + (f" and {len(done) - 4} more" if len(done) > 4 else "")
+        raise GbmsegError(f"{path}: a sweep, not one trained model; pass one of its jobs, "
+                          + (f"e.g. {path / 'runs' / done[0]} (finished jobs: {some})" if done
+                             else "once one has finished training (none has yet)"))
+    if (path / "job.json").exists():
+        raise GbmsegError(f"{path}: a sweep job without a trained model (multi-atlas jobs train none; "
+                          "otherwise its training has not started)")
+    return path
 
 
 def load_model(run_dir: str | Path, device: str | None = None) -> Model:

@@ -89,7 +89,7 @@ def predict_organ_mask(image: sitk.Image, params: dict, label: sitk.Image | None
 
     The mask model's own crop is centred on the image (its training masks are ``box`` masks)."""
     if not params.get("model"):
-        raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR)")
+        raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR: a mask-model run, or a sweep job folder)")
     run_dir = str(Path(params["model"]).resolve())
     expected = params.get("sha256")
     if expected and model_hash(run_dir) != expected:

@@ -416,8 +416,8 @@ def _convergence_blocks(conv: pd.DataFrame) -> list[tuple]:
     def cell(r) -> str:
         if r is None or not r.n_reached:
             return f"not reached [0/{r.n_runs}]" if r is not None else ""
-        return (f"{fmt_mean_sd(r.iterations_mean, r.iterations_sd, 0)} it, "
-                f"{fmt_mean_sd(r.seconds_mean, r.seconds_sd, 0)} s [{r.n_reached}/{r.n_runs}]")
+        seconds = "" if pd.isna(r.seconds_mean) else f", {fmt_mean_sd(r.seconds_mean, r.seconds_sd, 0)} s"
+        return f"{fmt_mean_sd(r.iterations_mean, r.iterations_sd, 0)} it{seconds} [{r.n_reached}/{r.n_runs}]"
 
     rows, first = [], None
     for (n, mode), sub in conv.groupby(["n_train", "mode"], sort=False):
