@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from gbmseg.io import write_text
 from gbmseg.sweep_stats import CONVERGENCE_TARGETS, convergence_table, first_reached, load_runs, order_modes
 
@@ -76,5 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    pd.set_option("display.width", 200)
     main()

@@ -29,7 +29,7 @@ from . import morphology, registration
 from .dataset import Dataset
 from .errors import GbmsegError, naming
 from .io import read_image, to_array
-from .mask_model import model_hash, predict_organ_mask
+from .mask_model import NO_MODEL, model_hash, predict_organ_mask
 
 
 def _image_only(fn):
@@ -186,7 +186,7 @@ def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | No
               "version": MASKS_VERSION}
     if method == "model":  # the mask model, by absolute path and hash, so prediction can check it
         if not record["params"].get("model"):
-            raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR: a mask-model run, or a sweep job folder)")
+            raise GbmsegError(NO_MODEL)
         record["params"]["model"] = str(Path(record["params"]["model"]).resolve())
         record["params"]["sha256"] = model_hash(record["params"]["model"])
     if method == "register":  # modality, and the template as "phantom" or an image path

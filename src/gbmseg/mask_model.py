@@ -32,6 +32,9 @@ from .preprocessing import preprocess_dataset
 from .training import train
 
 
+NO_MODEL = "mask method 'model' needs a mask model (--model: a mask-model run, or a sweep job folder)"
+
+
 def model_hash(run_dir: str | Path) -> str:
     """SHA-256 (first 16 hex digits) of a run's ``model.pt``: identifies the mask model a model depends on.
     ``run_dir`` may be a sweep's job folder (:func:`gbmseg.inference.run_folder`)."""
@@ -89,7 +92,7 @@ def predict_organ_mask(image: sitk.Image, params: dict, label: sitk.Image | None
 
     The mask model's own crop is centred on the image (its training masks are ``box`` masks)."""
     if not params.get("model"):
-        raise GbmsegError("mask method 'model' needs a mask model (--model RUN_DIR: a mask-model run, or a sweep job folder)")
+        raise GbmsegError(NO_MODEL)
     run_dir = str(Path(params["model"]).resolve())
     expected = params.get("sha256")
     if expected and model_hash(run_dir) != expected:

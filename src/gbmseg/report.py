@@ -414,15 +414,15 @@ def _convergence_blocks(conv: pd.DataFrame) -> list[tuple]:
     targets = sorted(conv["target"].unique())
 
     def cell(r) -> str:
-        if r is None or not r.n_reached:
-            return f"not reached [0/{r.n_runs}]" if r is not None else ""
+        if not r.n_reached:
+            return f"not reached [0/{r.n_runs}]"
         seconds = "" if pd.isna(r.seconds_mean) else f", {fmt_mean_sd(r.seconds_mean, r.seconds_sd, 0)} s"
         return f"{fmt_mean_sd(r.iterations_mean, r.iterations_sd, 0)} it{seconds} [{r.n_reached}/{r.n_runs}]"
 
     rows, first = [], None
     for (n, mode), sub in conv.groupby(["n_train", "mode"], sort=False):
         by_target = {r.target: r for r in sub.itertuples()}
-        rows.append([n if n != first else "", MODE_TITLE.get(mode, mode), *[cell(by_target.get(t)) for t in targets]])
+        rows.append([n if n != first else "", MODE_TITLE.get(mode, mode), *[cell(by_target[t]) for t in targets]])
         first = n
     return [("h2", "Convergence"),
             ("table", ["N", "mode", *[f"to validation Dice {t:g}" for t in targets]], rows,

@@ -195,12 +195,13 @@ class Trainer:
         self.log = _logger(self.out / "train.log") if self.main else _silent_logger()
         seed_everything(seed)
         spacing = grid_spacing(config.preprocessing, self.plan.get("crop_plan"))
-        # every training case is read once: this rank's share becomes tensors; every case's label and mask
-        # (small, uint8) go to the mirror plan, which all ranks make alike from all the cases
+        # every training case is read once: this rank's share becomes tensors; with mirroring, every case's
+        # label and mask (small, uint8) go to the mirror plan, which all ranks make alike from all the cases
         mine, tensors, lateral = distributed.shard(list(train_cases)), {}, []
         for case in dict.fromkeys(train_cases):
             data = load_case(self.cache, case)
-            lateral.append({"label": data["label"], "mask": data["mask"]})
+            if self.tcfg.mirror:
+                lateral.append({"label": data["label"], "mask": data["mask"]})
             if case in mine:
                 tensors[case] = case_tensors(data, mode, spacing)
         self.train_data = [tensors[c] for c in mine]
