@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -19,10 +20,10 @@ from gbmseg.testing import tiny_config, toy_case, write_dicom_series, write_toy_
 
 from gbmseg.cli import main
 from gbmseg.dataset import Dataset
-from gbmseg.errors import GbmsegError
+from gbmseg.errors import GbmsegError, GbmsegWarning
 from gbmseg.global_masks import check_mask, check_modality, expected_modality, make_dataset_masks
 from gbmseg.io import check_scan_geometry, writable_problem
-from gbmseg.preprocessing import _read_transform, load_case, preprocess_dataset
+from gbmseg.preprocessing import _read_transform, case_stats, load_case, preprocess_dataset
 from gbmseg.training import train
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
@@ -89,8 +90,8 @@ BAD_IMAGES = {
     "spacing_30mm": (lambda p: _write(_ct(40, body=slice(10, 30)), p, spacing=30.0), "spacing (30, 30, 30) mm"),
     "spacing_0.01mm": (lambda p: _write(_ct(40, body=slice(10, 30)), p, spacing=0.01), "outside 0.05-20.0 mm"),
     "all_air": (lambda p: _write(_ct(-1000), p), "found no foreground"),
-    "body_fills_view": (lambda p: _write(_ct_filling_the_view(), p), "touches the image border on all six"),
-    "body_too_big": (lambda p: _write(_ct(40, body=slice(1, 39)), p), "far outside the training masks"),
+    "body_fills_view": (lambda p: _write(_ct_filling_the_view(), p), "fills 97% of the scan: it does not outline"),
+    "body_too_big": (lambda p: _write(_ct(40, size=80, body=slice(6, 74)), p), "far outside the training masks"),
     "body_too_small": (lambda p: _write(_ct(40, body=slice(18, 23)), p), "far outside the training masks"),
 }
 
@@ -105,8 +106,55 @@ def test_bad_image_is_one_line_and_nothing_is_written(trained, tmp_path, capsys,
     assert not out.exists()
 
 
+def test_a_body_3_to_20_times_the_training_masks_is_segmented_with_a_one_line_warning(trained, tmp_path, capsys):
+    """Scans of one kind differ that much in extent (a head-and-neck CT down to the chest): it is unusual, not wrong."""
+    volumes = [s["mask_volume_ml"] for s in json.loads((trained["run"] / "config.json").read_text())["case_stats"].values()]
+    path = _write(_ct(40, body=slice(2, 38)), tmp_path / "long scan.nii.gz")  # 36^3 voxels of 4 mm: 2986 mL
+    assert 3 * max(volumes) < 2986 < 20 * max(volumes)
+    out = tmp_path / "seg.nii.gz"
+    assert main(["predict", "-m", str(trained["run"]), "-i", str(path), "-o", str(out)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "warning" in err and str(path) in err, err
+    assert "mL, over 3 times the largest training mask" in err
+    assert sitk.ReadImage(str(out)).GetSize() == (40, 40, 40)
+
+
+def test_a_refused_image_does_not_stop_a_folder(trained, tmp_path, capsys):
+    """The other images are segmented; one line at the end says which was refused and why."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(trained["image"], folder / "good_0000.nii.gz")
+    _write(_toy_mr(), folder / "mr_0000.nii.gz")
+    shutil.copy(trained["image"], folder / "other_0000.nii.gz")
+    out = tmp_path / "out"
+    assert main(["predict", "-m", str(trained["run"]), "-i", str(folder), "-o", str(out)]) == 2
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("predict:")]  # not the progress bar
+    assert len(lines) == 2 and "Traceback" not in "".join(lines)
+    assert lines[0].startswith("gbmseg predict: warning: not segmented: ") and "mr_0000.nii.gz: " in lines[0]
+    assert "made for CT images" in lines[0]
+    assert lines[1].startswith("gbmseg predict: error: 1 of 3 images not segmented, the reasons above (2 "
+                               f"segmentations in {out}): mr"), lines[1]
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "other.nii.gz"]
+
+
+def test_a_model_that_cannot_make_its_masks_stops_a_folder_before_reading_it(trained, tmp_path, capsys):
+    """Trained on label masks, it needs --mask for every image: said once, for the model, not per image."""
+    run = tmp_path / "labels_run"
+    shutil.copytree(trained["run"], run)
+    info = json.loads((run / "config.json").read_text())
+    info["masks"] = {**info["masks"], "method": "labels"}
+    (run / "config.json").write_text(json.dumps(info))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "junk_0000.nii.gz").write_bytes(b"not an image")  # never read
+    err = _error(capsys, ["predict", "-m", str(run), "-i", str(folder), "-o", str(tmp_path / "out")])
+    assert err.startswith(f"gbmseg predict: error: {run / 'config.json'}: the model was trained on 'labels' masks")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_body_filling_the_view_is_within_the_volume_range(trained):
-    """The border test above fails for the border, not for the volume (20^3 voxels of 4 mm = 512 mL)."""
+    """The full-view test above fails for the share of the scan the mask fills, not for the volume (20^3 voxels of 4 mm = 512 mL)."""
     volumes = [s["mask_volume_ml"] for s in json.loads((trained["run"] / "config.json").read_text())["case_stats"].values()]
     assert min(volumes) / 3 < 512 < 3 * max(volumes)
 
@@ -115,7 +163,7 @@ def test_training_records_what_prediction_compares_with(trained):
     stats = json.loads((trained["run"] / "config.json").read_text())["case_stats"]
     assert sorted(stats) == trained["ds"].cases  # training and validation cases
     assert all(100 < s["mask_volume_ml"] < 1000 for s in stats.values())  # toy bodies: ellipsoids of about 350 mL
-    assert all(s["mask_border_sides"] == 0 and s["looks_like"] == "CT" for s in stats.values())
+    assert all(0.05 < s["mask_fill_fraction"] < 0.5 and s["looks_like"] == "CT" for s in stats.values())
 
 
 def test_mask_method_override_segments_another_modality(trained, tmp_path, capsys):
@@ -142,7 +190,7 @@ def test_a_given_mask_is_checked_too(trained, tmp_path, capsys):
     sitk.WriteImage(full, str(tmp_path / "full_mask.nii.gz"))
     err = _error(capsys, ["predict", "-m", str(trained["run"]), "-i", str(trained["image"]), "-o",
                           str(tmp_path / "x.nii.gz"), "--mask", str(tmp_path / "full_mask.nii.gz")])
-    assert "six sides" in err and "check the mask given with --mask" in err
+    assert "fills 100% of the scan" in err and "check the mask given with --mask" in err
 
 
 @pytest.mark.parametrize("record,expected", [
@@ -163,30 +211,88 @@ def _mask(arr: np.ndarray, spacing: float = 1.0) -> sitk.Image:
     return m
 
 
-def _stats(*volumes: float, sides: int = 0, looks: str = "CT") -> dict:
-    return {f"c{i}": {"mask_volume_ml": v, "mask_border_sides": sides, "looks_like": looks} for i, v in enumerate(volumes)}
+def _stats(*volumes: float, fill: float = 0.3, looks: str = "CT") -> dict:
+    return {f"c{i}": {"mask_volume_ml": v, "mask_fill_fraction": fill, "looks_like": looks} for i, v in enumerate(volumes)}
 
 
-@pytest.mark.parametrize("arr,stats,method,words", [
-    (np.zeros((10, 10, 10)), None, "threshold", "empty"),
-    (np.ones((10, 10, 10)), None, "threshold", "six sides"),
-    (np.pad(np.ones((10, 10, 10)), 1), _stats(10.0), "threshold", "far outside"),  # 1 mL vs 10 mL
-    (np.pad(np.ones((10, 10, 10)), 1), _stats(0.1), "threshold", "far outside"),   # 1 mL vs 0.1 mL
+def _ball(size: int = 20, radius: float = 11.0) -> np.ndarray:
+    """A ball a little wider than its box: it touches all six sides and fills about 68 % of the box."""
+    z, y, x = np.mgrid[:size, :size, :size] - (size - 1) / 2
+    return (x ** 2 + y ** 2 + z ** 2) <= radius ** 2
+
+
+ONE_ML = np.pad(np.ones((10, 10, 10)), 1)  # 1000 voxels of 1 mm: 1 mL in a 12^3 scan
+
+
+def _filled(n: int) -> np.ndarray:
+    """A 10^3 scan with ``n`` voxels in the mask (``n / 1000`` of the scan)."""
+    arr = np.zeros(1000)
+    arr[:n] = 1
+    return arr.reshape(10, 10, 10)
+
+
+# trained_on: the training masks' method; body methods (threshold, otsu, box) refuse outside 1/20-20x
+# and warn outside 1/3-3x; organ masks (a mask model's, a registered head, labels) refuse outside 1/3-3x
+@pytest.mark.parametrize("arr,stats,method,trained_on,words", [
+    (np.zeros((10, 10, 10)), None, "threshold", "threshold", "empty"),
+    (np.ones((10, 10, 10)), None, "threshold", "threshold", "fills 100% of the scan"),
+    (np.pad(np.ones((10, 10, 10)), ((0, 0), (0, 0), (0, 1))), None, "otsu", "otsu", "fills 91% of the scan"),
+    (_filled(900), None, None, "threshold", "fills 90% of the scan"),     # the rule gbmseg masks warns by
+    (ONE_ML, _stats(21.0), "threshold", "threshold", "far outside"),      # 1 mL vs 21 mL: over 20 times
+    (ONE_ML, _stats(0.049), "threshold", "threshold", "far outside"),     # 1 mL vs 0.049 mL
+    (ONE_ML, _stats(3.1), "model", "model", "far outside"),               # an organ: over 3 times
+    (ONE_ML, _stats(0.32), None, "labels", "far outside"),
+    (ONE_ML, _stats(3.1), None, None, "far outside"),                      # training masks unknown: as an organ
 ])
-def test_check_mask_refuses(arr, stats, method, words):
+def test_check_mask_refuses(arr, stats, method, trained_on, words):
     with pytest.raises(GbmsegError, match=words):
-        check_mask(_mask(arr), "case_x", stats, method)
+        check_mask(_mask(arr), "case_x", stats, method, trained_on)
 
 
-@pytest.mark.parametrize("arr,stats,method", [
-    (np.ones((10, 10, 10)), None, "box"),                            # the field of view by design
-    (np.ones((10, 10, 10)), _stats(1.0, sides=6), "threshold"),     # so were the training masks (clipped CT)
-    (np.pad(np.ones((10, 10, 10)), 1), _stats(0.5, 2.5), "threshold"),  # 1 mL in [0.5/3, 3*2.5]
-    (np.pad(np.ones((10, 10, 10)), 1), _stats(2.9), None),           # 1 mL >= 2.9 / 3
-    (np.pad(np.ones((10, 10, 10)), 1), {}, None),                    # nothing recorded: no volume test
+@pytest.mark.parametrize("arr,stats,method,trained_on", [
+    (np.ones((10, 10, 10)), None, "box", "box"),                      # the field of view by design
+    (_filled(899), None, None, "threshold"),                           # just under the full-view rule
+    (np.ones((10, 10, 10)), _stats(1.0, fill=0.95), "threshold", "threshold"),  # so did the training masks
+    (np.ones((10, 10, 10)), {"c0": {"mask_volume_ml": 1.0, "mask_border_sides": 6, "looks_like": "CT"}},
+     "threshold", "threshold"),                                        # the same, recorded by an older cache
+    (ONE_ML, _stats(0.5, 2.5), "threshold", "threshold"),             # 1 mL in [0.5/3, 3*2.5]
+    (ONE_ML, _stats(3.0), "threshold", "threshold"),                  # 1 mL = 3.0 / 3: the warning band's edge
+    (ONE_ML, _stats(2.9), None, "model"),                              # an organ: 1 mL >= 2.9 / 3
+    (ONE_ML, {}, None, "threshold"),                                   # nothing recorded: no volume test
 ])
-def test_check_mask_accepts(arr, stats, method):
-    check_mask(_mask(arr), "case_x", stats, method)
+def test_check_mask_accepts(arr, stats, method, trained_on):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and does not warn
+        check_mask(_mask(arr), "case_x", stats, method, trained_on)
+
+
+@pytest.mark.parametrize("stats,side", [
+    (_stats(4.0), "under 1/3 of the smallest"), (_stats(19.0), "under 1/3 of the smallest"),
+    (_stats(0.3), "over 3 times the largest"), (_stats(0.06), "over 3 times the largest"),
+    (_stats(0.2, 0.3), "over 3 times the largest"),
+])
+@pytest.mark.parametrize("trained_on", ["threshold", "otsu"])
+def test_check_mask_warns_about_a_body_mask_3_to_20_times_off(stats, side, trained_on):
+    """1 mL against body masks 3-20 times bigger or smaller: unusual, not wrong (the scan's extent)."""
+    with pytest.warns(GbmsegWarning, match=rf"case_x: the global mask is 1 mL, {side} training mask"):
+        check_mask(_mask(ONE_ML), "case_x", stats, "threshold", trained_on)
+
+
+def test_an_old_cache_still_gives_what_prediction_compares_with(tmp_path):
+    """Caches made before the fill share was recorded hold the number of sides the mask touched."""
+    (tmp_path / "c0.json").write_text(json.dumps({"case": "c0", "mask_volume_ml": 1.0, "mask_border_sides": 6,
+                                                  "looks_like": "CT"}))
+    stats = case_stats(tmp_path, ["c0"])
+    assert stats == {"c0": {"mask_volume_ml": 1.0, "mask_border_sides": 6, "looks_like": "CT"}}
+    check_mask(_mask(np.ones((10, 10, 10))), "case_x", stats, "threshold", "threshold")  # a full view, as in training
+
+
+def test_a_head_filling_a_tight_field_of_view_still_places_the_crop():
+    """Touching every side of the scan is not filling it: such a mask outlines the anatomy."""
+    ball = _ball()
+    assert all(np.take(ball, i, axis=a).any() for a in range(3) for i in (0, -1))
+    assert 0.6 < ball.mean() < 0.75
+    check_mask(_mask(ball), "tight_fov", None, "threshold", "threshold")
 
 
 def test_modality_is_judged_against_the_training_images_when_recorded():

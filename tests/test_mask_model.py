@@ -70,3 +70,22 @@ def test_model_method_needs_a_model(heart):
     ds, *_ = heart
     with pytest.raises(GbmsegError, match="--model"):
         make_dataset_masks(ds, "model", progress=False)
+
+
+def test_the_mask_model_is_hashed_once_per_unchanged_file(heart):
+    """Masks for a folder of scans read model.pt's bytes once, and again only after it is rewritten."""
+    from gbmseg import mask_model
+
+    _, tmp, record, _ = heart
+    mask_model._file_hash.cache_clear()
+    first = [mask_model.model_hash(tmp / "mask_model") for _ in range(3)]
+    assert first == [record["params"]["sha256"]] * 3 and mask_model._file_hash.cache_info().misses == 1
+    weights = tmp / "mask_model" / "model.pt"
+    saved = weights.read_bytes()
+    try:
+        weights.write_bytes(saved + b"x")
+        assert mask_model.model_hash(tmp / "mask_model") != first[0]
+        assert mask_model._file_hash.cache_info().misses == 2
+    finally:
+        weights.write_bytes(saved)
+    assert mask_model.model_hash(tmp / "mask_model") == first[0]

@@ -174,3 +174,30 @@ def test_without_modes_a_sweep_runs_the_papers_three(tmp_path):
     make_dataset_masks(ds, progress=False)
     sweep = plan_sweep(ds, tmp_path / "sweep", sizes=[1], seeds=[0], preset="demo", val=["toy_000"], test=["toy_001"])
     assert json.loads((sweep / "sweep.json").read_text())["modes"] == ["image", "mask", "image+mask"]
+
+
+def test_a_test_case_with_an_unusual_mask_is_predicted_and_its_warning_kept(tmp_path):
+    """A test scan whose body mask is far smaller than the training masks' (a shorter scan) is segmented,
+    and the job's done.json says which case was unusual."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from gbmseg.sweep import prepare_sweep
+
+    ds, sweep = _toy_sweep(tmp_path, sizes=(1,))
+    prepare_sweep(sweep, progress=False)  # the cache holds the masks as they were
+    path = ds.mask_path("toy_001")
+    mask = sitk.ReadImage(str(path))
+    arr = sitk.GetArrayFromImage(mask)
+    z, y, x = (int(c) for c in np.argwhere(arr).mean(0))
+    small = np.zeros_like(arr)
+    small[z - 4:z + 4, y - 4:y + 4, x - 4:x + 4] = arr[z - 4:z + 4, y - 4:y + 4, x - 4:x + 4]  # 8^3 voxels at most
+    shrunk = sitk.GetImageFromArray(small)
+    shrunk.CopyInformation(mask)
+    sitk.WriteImage(shrunk, str(path))
+    with pytest.warns(UserWarning, match="toy_001.*under 1/3 of the smallest training mask"):
+        run_sweep(sweep, progress=False)
+    for job in jobs(sweep):
+        done = json.loads((job / "done.json").read_text())
+        assert len(done["predict_warnings"]) == 1 and "toy_001" in done["predict_warnings"][0], job
+        assert (job / "predictions" / "toy_001.nii.gz").exists()

@@ -13,10 +13,9 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
-from .errors import GbmsegError, Interrupted
+from .errors import GbmsegError, Interrupted, one_line_warnings
 
 
 def _cases(text: str | None) -> list[str] | None:
@@ -427,9 +426,7 @@ def _glue(argv: list[str], option: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = _glue(list(sys.argv[1:] if argv is None else argv), "--slurm-opt")
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():  # a warning is one line, as errors are: "gbmseg masks: warning: ..."
-        warnings.showwarning = lambda message, *_, **__: print(f"gbmseg {args.command}: warning: {message}",
-                                                               file=sys.stderr)
+    with one_line_warnings(args.command):  # a warning is one line, as errors are: "gbmseg masks: warning: ..."
         return _run(args)
 
 

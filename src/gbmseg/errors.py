@@ -1,4 +1,10 @@
-"""The one exception type users see for bad input."""
+"""The one exception type users see for bad input, and the warning type for unusual input."""
+
+import contextlib
+import sys
+import warnings
+
+from tqdm import tqdm
 
 
 class GbmsegError(Exception):
@@ -7,6 +13,21 @@ class GbmsegError(Exception):
     The message always names the file or option concerned. The CLI prints it without a
     traceback and exits with status 2.
     """
+
+
+class GbmsegWarning(UserWarning):
+    """Something unusual that the user should check, though the work goes on (a mask far larger than
+    the training masks, masks that fill the scan). The CLI prints it as one line (:func:`one_line_warnings`)."""
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str):
+    """Within the block, every warning is printed as one line, ``gbmseg COMMAND: warning: MESSAGE``, on
+    stderr, as errors are (the CLI, and a sweep's Ray workers, which do not run the CLI)."""
+    with warnings.catch_warnings():  # tqdm.write: a progress bar on stderr is moved below the line, not split
+        warnings.showwarning = lambda message, *_, **__: tqdm.write(f"gbmseg {command}: warning: {message}",
+                                                                    file=sys.stderr)
+        yield
 
 
 class Interrupted(Exception):

@@ -27,9 +27,9 @@ import SimpleITK as sitk
 
 from . import morphology, registration
 from .dataset import Dataset
-from .errors import GbmsegError, naming
+from .errors import GbmsegError, GbmsegWarning, naming
 from .io import read_image, to_array
-from .mask_model import NO_MODEL, model_hash, predict_organ_mask
+from .mask_model import NO_MODEL, check_unchanged, model_hash, predict_organ_mask
 
 
 def _image_only(fn):
@@ -78,11 +78,22 @@ def make_mask(image: sitk.Image, method: str, params: dict | None = None, label:
     return make_mask_and_transform(image, method, params, label)[0]
 
 
-def mask_for_record(record: dict, image: sitk.Image, name: str = "image") -> tuple[sitk.Image, sitk.Transform | None]:
-    """Make the mask (and transform) of ``image`` the way a mask record's masks were made (image-only methods)."""
+def check_record_usable(record: dict, name: str = "model") -> None:
+    """Raise unless masks can be made the way ``record``'s were: an image-only method, and for
+    ``model`` the same mask model (:func:`gbmseg.mask_model.check_unchanged`). ``name`` starts the message."""
     if record["method"] not in IMAGE_METHODS:
         raise GbmsegError(f"{name}: the model was trained on '{record['method']}' masks, which cannot be made "
                           "from the image alone; pass a global mask (--mask)")
+    if record["method"] == "model":
+        try:
+            check_unchanged(record.get("params") or {})
+        except GbmsegError as exc:
+            raise naming(exc, name) from None
+
+
+def mask_for_record(record: dict, image: sitk.Image, name: str = "image") -> tuple[sitk.Image, sitk.Transform | None]:
+    """Make the mask (and transform) of ``image`` the way a mask record's masks were made (image-only methods)."""
+    check_record_usable(record, name)
     try:
         return make_mask_and_transform(image, record["method"], record.get("params"))
     except GbmsegError as exc:
@@ -90,8 +101,15 @@ def mask_for_record(record: dict, image: sitk.Image, name: str = "image") -> tup
 
 
 # -- guards at prediction: is this image what the masks were made for, is its mask plausible ------
-VOLUME_RANGE = (1 / 3, 3.0)  # a mask outside [min/3, 3*max] of the training masks' volumes is wrong
-NO_BORDER_CHECK = ("box",)  # methods whose mask is the field of view by design
+#: volume bands at prediction, as factors of the smallest and largest training mask: a mask outside the
+#: first is refused, outside the second warned about (:class:`~gbmseg.errors.GbmsegWarning`). A body
+#: mask's volume grows with the scan's length (head-and-neck CT: 1.8-17.7 L over the 40 development
+#: cases; benchmarks/results/mask_volume_range.md), so for the body methods a mask 3-20 times off is
+#: unusual, not wrong; an organ's mask (a mask model's heart, a registered head, labels) must be within
+#: 3 times, or it is another anatomy.
+BODY_METHODS = ("threshold", "otsu", "box")
+VOLUME_BANDS = {"body": ((1 / 20, 20.0), (1 / 3, 3.0)), "organ": ((1 / 3, 3.0), None)}
+NO_FULL_VIEW_CHECK = ("box",)  # methods whose mask is the field of view by design
 
 
 def expected_modality(record: dict) -> str | None:
@@ -142,12 +160,16 @@ def record_for_method(record: dict, method: str, image: sitk.Image) -> dict:
     return {"method": method, "params": dict(DEFAULTS[method]), "modality": record.get("modality")}
 
 
-def check_mask(mask: sitk.Image, name: str = "image", stats: dict | None = None, method: str | None = None) -> None:
-    """Raise unless ``mask`` can place a crop: not empty; not the whole field of view (touching the
-    image border on all six sides), unless it is a ``box`` mask or a training case's mask did too;
-    and its volume within :data:`VOLUME_RANGE` times the range of the training masks' volumes.
+def check_mask(mask: sitk.Image, name: str = "image", stats: dict | None = None, method: str | None = None,
+               trained_on: str | None = None) -> None:
+    """Raise unless ``mask`` can place a crop: not empty; not the whole field of view (filling at least
+    :data:`gbmseg.morphology.FULL_VIEW_FRACTION` of the scan, the rule ``gbmseg masks`` warns by),
+    unless it is a ``box`` mask or a training case's mask did too; and its volume within the refusal
+    band of :data:`VOLUME_BANDS` around the training masks' volumes (outside the warning band: a
+    one-line warning naming the image).
     ``stats`` is the run's ``case_stats`` (:func:`gbmseg.preprocessing.case_stats`; ``None``: no
-    volume test); ``method`` the method that made the mask, ``None`` for a mask the user gave.
+    volume test); ``method`` the method that made the mask, ``None`` for a mask the user gave;
+    ``trained_on`` the method of the training masks (:data:`BODY_METHODS`: the wide band).
 
     Example:
         >>> check_mask(sitk.Image([8, 8, 8], sitk.sitkUInt8), "ct_01")
@@ -157,20 +179,37 @@ def check_mask(mask: sitk.Image, name: str = "image", stats: dict | None = None,
     """
     hint = "give a ready mask with --mask" if method else "check the mask given with --mask"
     stats = stats or {}
-    if not (to_array(mask) > 0).any():
+    inside = to_array(mask) > 0  # one pass for the three tests (morphology.fill_fraction, mask_volume_ml)
+    if not inside.any():
         raise GbmsegError(f"{name}: the global mask is empty; the crop cannot be placed ({hint})")
-    full_view_in_training = any(s["mask_border_sides"] == 6 for s in stats.values())
-    if method not in NO_BORDER_CHECK and not full_view_in_training and morphology.border_sides(mask) == 6:
-        raise GbmsegError(f"{name}: the global mask touches the image border on all six sides: it does not outline "
+    fraction = float(inside.mean())
+    if (method not in NO_FULL_VIEW_CHECK and fraction >= morphology.FULL_VIEW_FRACTION
+            and not any(_filled_view(s) for s in stats.values())):
+        raise GbmsegError(f"{name}: the global mask fills {fraction:.0%} of the scan: it does not outline "
                           f"the anatomy, so the crop would be wrong (wrong modality or image? {hint})")
-    if stats:
-        volume = morphology.mask_volume_ml(mask)
-        lo = min(s["mask_volume_ml"] for s in stats.values())
-        hi = max(s["mask_volume_ml"] for s in stats.values())
-        if not VOLUME_RANGE[0] * lo <= volume <= VOLUME_RANGE[1] * hi:
-            raise GbmsegError(f"{name}: the global mask is {volume:.4g} mL, far outside the training masks' "
-                              f"{lo:.4g}-{hi:.4g} mL, so the crop would be wrong (another anatomy or field of "
-                              f"view? {hint})")
+    if not stats:
+        return
+    volume = int(inside.sum()) * float(np.prod(mask.GetSpacing())) / 1000.0
+    lo = min(s["mask_volume_ml"] for s in stats.values())
+    hi = max(s["mask_volume_ml"] for s in stats.values())
+    refuse, warn = VOLUME_BANDS["body" if trained_on in BODY_METHODS else "organ"]
+    if not refuse[0] * lo <= volume <= refuse[1] * hi:
+        raise GbmsegError(f"{name}: the global mask is {volume:.4g} mL, far outside the training masks' "
+                          f"{lo:.4g}-{hi:.4g} mL, so the crop would be wrong (another anatomy or field of "
+                          f"view? {hint})")
+    if warn and not warn[0] * lo <= volume <= warn[1] * hi:
+        side = f"over {warn[1]:g} times the largest" if volume > hi else f"under 1/{1 / warn[0]:g} of the smallest"
+        warnings.warn(f"{name}: the global mask is {volume:.4g} mL, {side} training mask ({lo:.4g}-{hi:.4g} mL: "
+                      f"a longer or shorter scan?); check that its segmentation is in place", GbmsegWarning,
+                      stacklevel=2)
+
+
+def _filled_view(stat: dict) -> bool:
+    """Whether a training case's mask was the whole field of view (older caches recorded the number of
+    image sides it touched instead of the share it filled: all six stands for the whole view there)."""
+    if "mask_fill_fraction" in stat:
+        return stat["mask_fill_fraction"] >= morphology.FULL_VIEW_FRACTION
+    return stat.get("mask_border_sides") == 6
 
 
 def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | None = None,
@@ -193,26 +232,22 @@ def make_dataset_masks(dataset: Dataset, method: str = "auto", params: dict | No
         record["params"] = registration.resolve_params(record["params"], dataset)
     record = dataset.write_masks(record, make_mask_and_transform, workers, overwrite, progress,
                                  needs_label=method in LABEL_METHODS)
-    if method not in NO_BORDER_CHECK:
+    if method not in NO_FULL_VIEW_CHECK:
         warn_if_full_view(dataset, method)
     return record
 
 
-#: a mask that fills at least this fraction of its scan's voxels does not say where the anatomy is
-FULL_VIEW_FRACTION = 0.9
-
-
 def full_view_cases(dataset: Dataset) -> dict[str, float]:
     """``{case: fraction}`` of the cases whose written global mask fills at least
-    :data:`FULL_VIEW_FRACTION` of the scan's field of view (such a mask is a box around the scan,
+    :data:`gbmseg.morphology.FULL_VIEW_FRACTION` of the scan's field of view (such a mask is a box around the scan,
     not the anatomy: a threshold mask of an image without air, or of a cardiac CT cut to the chest).
 
     Example:
         >>> full_view_cases(Dataset("heart_CT", work="w"))    # after threshold masks  # doctest: +SKIP
         {'heart_1001': 0.999, ...}
     """
-    fractions = {c: float(np.mean(to_array(read_image(dataset.mask_path(c))) > 0)) for c in dataset.cases}
-    return {c: f for c, f in fractions.items() if f >= FULL_VIEW_FRACTION}
+    fractions = {c: morphology.fill_fraction(read_image(dataset.mask_path(c))) for c in dataset.cases}
+    return {c: f for c, f in fractions.items() if f >= morphology.FULL_VIEW_FRACTION}
 
 
 def warn_if_full_view(dataset: Dataset, method: str) -> None:
@@ -225,4 +260,4 @@ def warn_if_full_view(dataset: Dataset, method: str) -> None:
         f"{dataset.mask_dir}: the '{method}' global mask fills at least {min(full.values()):.0%} of the scan in "
         f"{len(full)} of {len(dataset.cases)} cases ({names}), so it does not say where the anatomy is; for an "
         f"organ inside the body (the heart) train a mask model (gbmseg mask-model train DATASET -o RUN; then "
-        f"gbmseg masks DATASET --method model --model RUN), or give other --params", stacklevel=2)
+        f"gbmseg masks DATASET --method model --model RUN), or give other --params", GbmsegWarning, stacklevel=2)

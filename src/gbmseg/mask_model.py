@@ -41,7 +41,15 @@ def model_hash(run_dir: str | Path) -> str:
     path = run_folder(run_dir) / "model.pt"
     if not path.exists():
         raise GbmsegError(f"{path}: mask model not found")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    st = path.stat()
+    return _file_hash(str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_hash(path: str, inode: int, mtime_ns: int, size: int) -> str:
+    """The file's hash, read once per (path, inode, modification time, size): a folder of scans costs
+    one read, and a replaced or rewritten file is read again."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def whole_organ_dataset(dataset: Dataset) -> Dataset:
@@ -83,22 +91,30 @@ def train_mask_model(dataset: Dataset, out_dir: str | Path, preset: str = "coars
 
 
 @functools.lru_cache(maxsize=2)
-def _load(run_dir: str):
+def _load(run_dir: str, sha256: str):
+    """The mask model, loaded once per folder and ``model.pt`` hash (a retrained model is loaded again)."""
     return load_model(run_dir)
+
+
+def check_unchanged(params: dict) -> tuple[str, str]:
+    """``(run folder, model.pt hash)`` of the mask model that ``params`` (a ``model`` mask record's)
+    names; raises if there is none, or if it changed since the record was made (its ``sha256``)."""
+    if not params.get("model"):
+        raise GbmsegError(NO_MODEL)
+    run_dir = str(Path(params["model"]).resolve())
+    expected, actual = params.get("sha256"), model_hash(run_dir)
+    if expected and actual != expected:
+        raise GbmsegError(f"{run_dir}: the mask model changed since this model was trained "
+                          f"(hash {actual} != {expected})")
+    return run_dir, actual
 
 
 def predict_organ_mask(image: sitk.Image, params: dict, label: sitk.Image | None = None) -> sitk.Image:
     """Global mask of ``image`` from a trained mask model (``params["model"]``), largest component, filled.
 
     The mask model's own crop is centred on the image (its training masks are ``box`` masks)."""
-    if not params.get("model"):
-        raise GbmsegError(NO_MODEL)
-    run_dir = str(Path(params["model"]).resolve())
-    expected = params.get("sha256")
-    if expected and model_hash(run_dir) != expected:
-        raise GbmsegError(f"{run_dir}: the mask model changed since this model was trained "
-                          f"(hash {model_hash(run_dir)} != {expected})")
-    seg = to_array(segment(_load(run_dir), image, box_mask(image))) > 0
+    run_dir, sha256 = check_unchanged(params)
+    seg = to_array(segment(_load(run_dir, sha256), image, box_mask(image))) > 0
     seg = fill_holes(largest_component(seg))
     if not seg.any():
         raise GbmsegError(f"mask model {run_dir} found no organ in the image")

@@ -92,15 +92,25 @@ def mask_volume_ml(mask: sitk.Image) -> float:
     return float(np.count_nonzero(to_array(mask))) * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
-def border_sides(mask: sitk.Image) -> int:
-    """How many of the image's six sides the non-zero voxels of ``mask`` touch (6: the whole field of view).
+#: a mask that fills at least this share of its image's voxels is the field of view, not the anatomy
+#: (a threshold mask of a scan without air, a cardiac CT cut to the chest): it cannot place a crop
+FULL_VIEW_FRACTION = 0.9
+
+
+def fill_fraction(mask: sitk.Image) -> float:
+    """The share of the image's voxels inside ``mask`` (1.0: the whole field of view).
+
+    A mask that touches every side of a tightly framed scan still outlines the anatomy; one that
+    fills :data:`FULL_VIEW_FRACTION` or more of it does not.
 
     Example:
-        >>> border_sides(sitk.Image([4, 4, 4], sitk.sitkUInt8) + 1)
-        6
+        >>> fill_fraction(sitk.Image([4, 4, 4], sitk.sitkUInt8) + 1)
+        1.0
+        >>> m = sitk.Image([4, 4, 4], sitk.sitkUInt8); m[0, 0, 0] = 1
+        >>> fill_fraction(m)
+        0.015625
     """
-    arr = to_array(mask) > 0
-    return int(sum(np.take(arr, i, axis=a).any() for a in range(3) for i in (0, -1)))
+    return float(np.mean(to_array(mask) > 0))
 
 
 def as_mask(fg: np.ndarray, reference: sitk.Image) -> sitk.Image:

@@ -15,14 +15,15 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import SimpleITK as sitk
 from tqdm import tqdm
 
 from .dataset import check_image
-from .errors import GbmsegError
-from .global_masks import check_mask, check_modality, mask_for_record, record_for_method
+from .errors import GbmsegError, GbmsegWarning
+from .global_masks import check_mask, check_modality, check_record_usable, mask_for_record, record_for_method
 from .inference import Model, Stopwatch, load_model, segment
 from .io import check_writable, read_image, write_image
 from .preprocessing import frame_of
@@ -54,7 +55,7 @@ def predict_image(model: Model, image: sitk.Image, mask: sitk.Image | None = Non
             check_modality(rec, image, name, model.info.get("case_stats"))
         mask, transform = mask_for_record(made, image, name)
         made_by = made["method"]
-    check_mask(mask, name, model.info.get("case_stats"), made_by)
+    check_mask(mask, name, model.info.get("case_stats"), made_by, trained_on=rec["method"])
     if frame_of(model.config.preprocessing) == "template" and transform is None:
         transform = transform_from_params(image, rec.get("params") or {})
     clock.lap("mask")
@@ -96,6 +97,10 @@ def predict_folder(model: Model, in_dir: str | Path, out_dir: str | Path, mask_d
     """Predict every image in ``in_dir`` (``<case>_0000.nii.gz`` or any image file) into ``out_dir/<case>.nii.gz``.
 
     Masks, if given, are ``mask_dir/<case>.nii.gz``. Existing outputs are skipped unless ``overwrite``.
+    An image that is refused (a one-line :class:`~gbmseg.errors.GbmsegError`: unreadable, another
+    modality, an implausible mask) does not stop the others: its reason is a one-line warning as it
+    happens, and once every image was tried, one error names the refused images; the segmentations
+    written stay. A problem of the model rather than the images (masks it cannot make) stops it first.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_writable(out_dir)
@@ -111,14 +116,24 @@ def predict_folder(model: Model, in_dir: str | Path, out_dir: str | Path, mask_d
             todo[case if channel is None else f"{case}_{channel}"] = path
     if not todo:
         raise GbmsegError(f"{in_dir}: no image files found")
-    written = []
+    if mask_dir is None and mask_method is None:  # the same for every image: say it once, before reading any
+        check_record_usable(model.info["masks"], model.config.source or "model")
+    written, refused = [], []
     for case, path in tqdm(sorted(todo.items()), desc="predict", disable=not progress):
         out = out_dir / f"{case}.nii.gz"
         if out.exists() and not overwrite:
             written.append(out)
             continue
         mask = Path(mask_dir) / f"{case}.nii.gz" if mask_dir else None
-        if mask is not None and not mask.exists():
-            raise GbmsegError(f"{mask}: global mask for '{case}' not found")
-        written.append(predict_file(model, path, out, mask, mask_method=mask_method))
+        try:
+            if mask is not None and not mask.exists():
+                raise GbmsegError(f"{mask}: global mask for '{case}' not found")
+            written.append(predict_file(model, path, out, mask, mask_method=mask_method))
+        except GbmsegError as exc:
+            warnings.warn(f"not segmented: {exc}", GbmsegWarning, stacklevel=2)
+            refused.append(case)
+    if refused:
+        names = ", ".join(refused[:10]) + (f" and {len(refused) - 10} more" if len(refused) > 10 else "")
+        raise GbmsegError(f"{len(refused)} of {len(todo)} images not segmented, the reasons above ({len(written)} "
+                          f"segmentations in {out_dir}): {names}")
     return written

@@ -59,7 +59,7 @@ from .config import Config, PreprocessingConfig, canonical_hash
 from .dataset import Dataset
 from .errors import GbmsegError
 from .io import atomic_path, read_image, read_json, same_geometry, to_array, write_json
-from .morphology import border_sides, mask_volume_ml
+from .morphology import fill_fraction, mask_volume_ml
 from .registration import guess_modality
 from .parallel import parallel_map
 
@@ -391,7 +391,7 @@ def _one_case(args: tuple) -> str:
         np.savez_compressed(tmp, image=data["image"].astype(np.float16), mask=data["mask"], label=data["label"])
     write_json({"case": case, "grid": data["grid"], "coverage": data["coverage"], "image": str(image_path),
                 "mask": str(mask_path), "label": str(label_path), "mask_volume_ml": round(mask_volume_ml(mask), 3),
-                "mask_border_sides": border_sides(mask), "looks_like": guess_modality(image)},
+                "mask_fill_fraction": fill_fraction(mask), "looks_like": guess_modality(image)},
                out_dir / f"{case}.json")
     return case
 
@@ -447,19 +447,23 @@ def coverage(cache: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-CASE_STATS = ("mask_volume_ml", "mask_border_sides", "looks_like")
+CASE_STATS = ("mask_volume_ml", "looks_like")
+#: recorded since masks are judged by the share of the scan they fill; caches made before hold the
+#: number of image sides the mask touched instead (6 meant the whole field of view)
+FILL_STATS = ("mask_fill_fraction", "mask_border_sides")
 
 
 def case_stats(cache: Path, cases: list[str]) -> dict[str, dict]:
     """Per case of ``cases``, what prediction compares a new scan with (recorded when it was cached;
-    caches made before give none): its whole global mask's volume (mL) and how many image sides it
-    touches, and whether the image looks like CT or MR (:func:`gbmseg.registration.guess_modality`)."""
+    caches made before give none): its whole global mask's volume (mL) and the share of the scan it
+    fills (older caches: how many image sides it touched), and whether the image looks like CT or MR
+    (:func:`gbmseg.registration.guess_modality`)."""
     out = {}
     for case in cases:
         path = Path(cache) / f"{case}.json"
         rec = read_json(path) if path.exists() else {}
         if all(k in rec for k in CASE_STATS):
-            out[case] = {k: rec[k] for k in CASE_STATS}
+            out[case] = {k: rec[k] for k in CASE_STATS + FILL_STATS if k in rec}
     return out
 
 

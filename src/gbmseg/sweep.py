@@ -11,7 +11,9 @@ A sweep folder::
         metrics.csv              evaluation rows (+ job, mode, n_train, seed)
         predictions_<NAME>/, metrics_<NAME>.csv   with --also-test: another dataset's cases
                                  (see :mod:`gbmseg.cross_modality`)
-        done.json                written last: the job is finished
+        done.json                written last: the job is finished (mean test Dice, the training
+                                 result, seconds per test case, and ``predict_warnings``: the test
+                                 cases whose masks were unusual, e.g. far larger than the training masks')
     mask_quality.csv             global masks scored against the union of the labels
     mask_agreement_<NAME>.csv    with --also-test: the other dataset's masks vs this one's, same case ids
     report/                      written by :mod:`gbmseg.report`
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +51,7 @@ from .config import MODES, Config, load_config
 from .cross_modality import (finish_also_test, mask_agreement, pending, plan_also_test, predict_also_test,
                              score_job_predictions)
 from .dataset import Dataset, split_cases
-from .errors import GbmsegError
+from .errors import GbmsegError, GbmsegWarning
 from .evaluation import evaluate_masks
 from .io import read_json, write_json, write_text
 from .predict import load_model, predict_file
@@ -174,9 +177,15 @@ def _train_and_predict(job: dict, job_dir: Path, ds: Dataset, device: str | None
                    seed=job["seed"], device=device, progress=progress)
     model = load_model(job_dir / "train", device=device)
     t0 = time.time()
-    for case in todo:
-        predict_file(model, ds.image_path(case), pred_dir / f"{case}.nii.gz", mask_path=ds.mask_path(case))
-    return result, {"predict_s_per_case": (time.time() - t0) / len(todo) if todo else None}, model
+    with warnings.catch_warnings(record=True) as caught:  # unusual test masks: kept in done.json, and shown
+        warnings.simplefilter("always", GbmsegWarning)
+        for case in todo:
+            predict_file(model, ds.image_path(case), pred_dir / f"{case}.nii.gz", mask_path=ds.mask_path(case))
+    notes = [str(w.message) for w in caught if issubclass(w.category, GbmsegWarning)]
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result, {"predict_s_per_case": (time.time() - t0) / len(todo) if todo else None,
+                    "predict_warnings": notes}, model
 
 
 def _atlas(job: dict, job_dir: Path, ds: Dataset, device: str | None, progress: bool,
@@ -227,10 +236,10 @@ def prepare_sweep(sweep_dir: str | Path, workers: int = 1, progress: bool = True
     config = Config.from_dict(sweep["config"], source=str(sweep_dir / "sweep.json"), record=True)
     plan_cases = sorted(sweep["split"]["pool"] + sweep["split"]["val"])
     cache = preprocess_dataset(ds, config, workers=workers, progress=progress, plan_cases=plan_cases)
-    warnings = coverage_summary(cache, plan_cases)
-    for line in warnings:
+    low = coverage_summary(cache, plan_cases)
+    for line in low:
         print(f"warning: {line}")
-    write_json({"warnings": warnings, "per_case": coverage(cache)}, sweep_dir / "coverage.json")
+    write_json({"warnings": low, "per_case": coverage(cache)}, sweep_dir / "coverage.json")
     quality = sweep_dir / "mask_quality.csv"
     if not quality.exists():  # how good the global masks are (Dice against the union of the labels)
         evaluate_masks(ds.mask_dir, ds.label_path(ds.cases[0]).parent, out_csv=quality)

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from .errors import GbmsegError, Interrupted
+from .errors import GbmsegError, Interrupted, one_line_warnings
 from .io import write_text
 from .sweep import collect_metrics, job_line, jobs, prepare_sweep, run_job, run_sweep
 
@@ -58,7 +58,8 @@ def _ray_job(job_dir: str, device: str | None, threads: int) -> dict:
     entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(), "pid": os.getpid(),
              "threads": threads}
     write_text((log.read_text() if log.exists() else "") + json.dumps(entry) + "\n", log)
-    return run_job(job_dir, device=device, progress=False)
+    with one_line_warnings("sweep"):  # as the CLI prints them: a worker does not run the CLI
+        return run_job(job_dir, device=device, progress=False)
 
 
 def _import_ray():

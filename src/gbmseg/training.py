@@ -14,7 +14,7 @@ does not mirror (prediction does).
 A run directory holds everything about one training run::
 
     config.json        resolved config, mode, labels, mask record, cases, seed, versions, device,
-                       per training case its mask's volume and border contact and its modality's look
+                       per training case its mask's volume and the share of the scan it fills, and its modality's look
     train.log          log
     history.csv        iteration, train_loss, val_loss, val_dice, wall_s (one row per validation)
     last.pt            latest state (model, optimizer, RNG, counters): resume after interruption
