@@ -182,6 +182,7 @@ def test_a_test_case_with_an_unusual_mask_is_predicted_and_its_warning_kept(tmp_
     import numpy as np
     import SimpleITK as sitk
 
+    from gbmseg.report import make_report
     from gbmseg.sweep import prepare_sweep
 
     ds, sweep = _toy_sweep(tmp_path, sizes=(1,))
@@ -198,6 +199,8 @@ def test_a_test_case_with_an_unusual_mask_is_predicted_and_its_warning_kept(tmp_
     with pytest.warns(UserWarning, match="toy_001.*under 1/3 of the smallest training mask"):
         run_sweep(sweep, progress=False)
     for job in jobs(sweep):
-        done = json.loads((job / "done.json").read_text())
-        assert len(done["predict_warnings"]) == 1 and "toy_001" in done["predict_warnings"][0], job
+        [note] = json.loads((job / "done.json").read_text())["predict_warnings"]
+        assert note["case"] == "toy_001" and "under 1/3 of the smallest training mask" in note["warning"], job
         assert (job / "predictions" / "toy_001.nii.gz").exists()
+    report = (make_report(sweep).parent / "report.md").read_text()
+    assert "Test cases whose global mask was unusual at prediction" in report and "toy_001 (2 of 2 runs)" in report

@@ -35,6 +35,7 @@ import base64
 import html
 import io
 import json
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -369,6 +370,11 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
     if partly:
         items.append("Runs in which a structure was not learned (its validation Dice never rose above the floor): "
                      + "; ".join(partly))
+    unusual = Counter(n["case"] for r in runs for n in (r.done or {}).get("predict_warnings") or [])
+    if unusual:
+        items.append("Test cases whose global mask was unusual at prediction, e.g. far larger or smaller than the "
+                     "training masks (the warnings are in each job's done.json): "
+                     + ", ".join(f"{case} ({n} of {len(runs)} runs)" for case, n in sorted(unusual.items())))
     cov = read_json(sweep_dir / "coverage.json").get("warnings", []) if (sweep_dir / "coverage.json").exists() else []
     if cov:
         items.append("Label coverage of the model grid (training pool and validation cases): " + "; ".join(cov))

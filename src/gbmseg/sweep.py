@@ -12,8 +12,9 @@ A sweep folder::
         predictions_<NAME>/, metrics_<NAME>.csv   with --also-test: another dataset's cases
                                  (see :mod:`gbmseg.cross_modality`)
         done.json                written last: the job is finished (mean test Dice, the training
-                                 result, seconds per test case, and ``predict_warnings``: the test
-                                 cases whose masks were unusual, e.g. far larger than the training masks')
+                                 result, seconds per test case, and ``predict_warnings``: per test
+                                 case whose mask was unusual, e.g. far larger than the training masks',
+                                 ``{"case", "warning"}``)
     mask_quality.csv             global masks scored against the union of the labels
     mask_agreement_<NAME>.csv    with --also-test: the other dataset's masks vs this one's, same case ids
     report/                      written by :mod:`gbmseg.report`
@@ -177,13 +178,15 @@ def _train_and_predict(job: dict, job_dir: Path, ds: Dataset, device: str | None
                    seed=job["seed"], device=device, progress=progress)
     model = load_model(job_dir / "train", device=device)
     t0 = time.time()
-    with warnings.catch_warnings(record=True) as caught:  # unusual test masks: kept in done.json, and shown
-        warnings.simplefilter("always", GbmsegWarning)
-        for case in todo:
+    notes = []  # unusual test masks: shown, and kept in done.json for the report
+    for case in todo:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", GbmsegWarning)
             predict_file(model, ds.image_path(case), pred_dir / f"{case}.nii.gz", mask_path=ds.mask_path(case))
-    notes = [str(w.message) for w in caught if issubclass(w.category, GbmsegWarning)]
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        for w in caught:
+            if issubclass(w.category, GbmsegWarning):
+                notes.append({"case": case, "warning": str(w.message)})
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return result, {"predict_s_per_case": (time.time() - t0) / len(todo) if todo else None,
                     "predict_warnings": notes}, model
 
