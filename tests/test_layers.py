@@ -13,7 +13,7 @@ import gbmseg
 
 LAYERS = [
     ["__init__", "errors"],
-    ["io", "parallel", "crop_plan", "stopping", "mirror"],   # crop_plan, stopping: pure numbers; mirror: left-right reflection of tensors
+    ["io", "parallel", "crop_plan", "stopping", "mirror", "losses"],   # crop_plan, stopping: pure numbers; mirror: left-right reflection of tensors; losses: training.loss -> MONAI loss
     ["config", "phantoms", "tracking"],   # tracking: optional MLflow logging of training runs
     ["dataset", "network", "testing", "runtime", "augment", "patches", "distributed", "channels"],   # channels: what each mode feeds the network; dataset: owns every path of a work folder; the U-Net; toy data; torchrun
     ["morphology", "evaluation"],        # image-only mask methods; metrics

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
+from monai.losses import DeepSupervisionLoss
 from monai.metrics import compute_dice
 from tqdm import tqdm
 
@@ -53,6 +53,7 @@ from .channels import channel_arrays, input_width
 from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
+from .losses import make_loss
 from .mirror import plan_mirror, swap_table
 from .network import build_network, load_checkpoint, load_weights, output_classes, select_device
 from .patches import predict_logits, random_patch
@@ -67,15 +68,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def make_loss(name: str):
-    """``dice`` (the paper, MONAI DiceLoss over the structures) or ``dicece`` (Dice + cross-entropy)."""
-    if name == "dice":
-        return DiceLoss(include_background=False, to_onehot_y=True, softmax=True)
-    if name == "dicece":
-        return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
-    raise GbmsegError(f"unknown loss '{name}' (choose dice or dicece)")
 
 
 SCHEDULES = ("constant", "poly")
