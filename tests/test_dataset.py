@@ -132,3 +132,15 @@ def test_invalid_dataset_json(toy_dataset):
     (toy_dataset / "dataset.json").write_text("{not json")
     with pytest.raises(GbmsegError, match="dataset.json: invalid JSON"):
         Dataset(toy_dataset)
+
+
+def test_a_folder_of_nifti_files_is_no_dicom_series_and_itk_stays_quiet(tmp_path, capfd):
+    """predict -i FOLDER asks whether the folder is one DICOM series; for NIfTI files the answer is
+    no, without ITK's "No Series were found" on stderr, and ITK's warnings stay on afterwards."""
+    from gbmseg.io import is_dicom_series
+
+    write_image(sitk.Image([4, 4, 4], sitk.sitkInt16), tmp_path / "ct_0000.nii.gz")
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()
+    assert not is_dicom_series(tmp_path)
+    assert "No Series" not in capfd.readouterr().err
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()

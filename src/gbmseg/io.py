@@ -61,7 +61,14 @@ def read_image(path: PathLike, series: str | None = None) -> sitk.Image:
 def is_dicom_series(path: PathLike) -> bool:
     """Whether ``path`` is a folder holding at least one DICOM series (as :func:`read_image` reads it)."""
     path = Path(path)
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    if not path.is_dir():
+        return False
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "No Series were found" is the answer here
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def dicom_series(folder: PathLike) -> list[dict]:
