@@ -123,11 +123,12 @@ def mirror_case(case: Mapping[str, torch.Tensor], axis: int, table: np.ndarray) 
     return out
 
 
-def mirrored_probabilities(predict, x: torch.Tensor, axis: int, table: np.ndarray) -> torch.Tensor:
+def mirrored_probabilities(predict, x: torch.Tensor, axis: int, table: np.ndarray,
+                           plain: torch.Tensor | None = None) -> torch.Tensor:
     """Test-time mirroring: the mean of ``predict(x)`` and the mirrored prediction of the mirrored input,
     its class channels swapped back. ``predict`` maps ``(B, C, Z, Y, X)`` to class probabilities
-    ``(B, K, Z, Y, X)``."""
+    ``(B, K, Z, Y, X)``; ``plain``, if given, is ``predict(x)`` already computed."""
     dim = axis - 3
-    plain = predict(x)
+    plain = predict(x) if plain is None else plain
     flipped = torch.flip(predict(torch.flip(x, [dim])), [dim])
     return (plain + flipped[:, torch.as_tensor(table, dtype=torch.long)]) / 2

@@ -9,7 +9,8 @@ iterations all validation cases are predicted whole; the best mean Dice is kept.
 has passed ``dice_floor``; a run that never passes it is reported as not learned. Budgets are
 iterations; ``max_time_s`` is an optional wall-time cap. With ``training.mirror``, the mirror plan
 (:mod:`gbmseg.mirror`) is made from the training cases and recorded in ``config.json``; validation
-does not mirror (prediction does).
+then mirrors as prediction does, so that the checkpoint kept, early stopping and the structures
+reported as not learned judge the segmentations the model will deliver.
 
 A run directory holds everything about one training run::
 
@@ -54,7 +55,7 @@ from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
 from .losses import make_loss
-from .mirror import plan_mirror, swap_table
+from .mirror import mirrored_probabilities, plan_mirror, swap_table
 from .network import build_network, load_checkpoint, load_weights, output_classes, select_device
 from .patches import predict_logits, random_patch
 from .preprocessing import case_stats, grid_spacing, load_case, load_plan
@@ -219,6 +220,7 @@ class Trainer:
         mask_drop = float(self.tcfg.mask_dropout) if len(channels_for_mode(mode)) > 1 else 0.0
         mirror = (None if self.mirror_plan is None or self.mirror_plan["axis"] is None
                   else (self.mirror_plan["axis"], swap_table(self.n_classes, self.mirror_plan["pairs"])))
+        self.mirror = mirror  # validation predicts as gbmseg.inference does: mirrored too where trained so
         self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment),
                                   mask_drop=mask_drop, mirror=mirror,
                                   rotate_deg=float(self.tcfg.rotate_deg))
@@ -303,9 +305,14 @@ class Trainer:
         self.state["iteration"] += 1
         return float(loss.detach())
 
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(predict_logits(self.net, x, self.patch).float(), dim=1)
+
     def validate(self) -> tuple[float, float]:
-        """Mean loss and mean Dice over the validation cases, each predicted whole (no augmentation);
-        the Dice per structure goes to ``self.last_structure_dice``."""
+        """Mean loss and mean Dice over the validation cases, each predicted whole (no augmentation) as
+        prediction does it (with the mirror plan, the mean of the crop's and its mirror image's class
+        probabilities; the loss is the unmirrored prediction's); the Dice per structure goes to
+        ``self.last_structure_dice``."""
         self.net.eval()
         losses, per = [], []
         with torch.no_grad(), self._autocast():
@@ -314,7 +321,9 @@ class Trainer:
                 y = case["label"][None].long().to(self.device)
                 logits = predict_logits(self.net, x, self.patch).float()
                 losses.append(float(self.loss_fn(logits, y)))
-                per.append(structure_dice(logits.argmax(1, keepdim=True), y, self.n_classes))
+                scores = logits if self.mirror is None else mirrored_probabilities(
+                    self._probabilities, x, *self.mirror, plain=torch.softmax(logits, dim=1))
+                per.append(structure_dice(scores.argmax(1, keepdim=True), y, self.n_classes))
         self.net.train()
         with warnings.catch_warnings():  # a structure absent from every validation case: NaN
             warnings.simplefilter("ignore", RuntimeWarning)
