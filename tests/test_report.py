@@ -268,3 +268,17 @@ def test_report_has_the_convergence_table(report):
     assert conv.loc[("image", 1, 0.7), "iterations_mean"] == 70.0
     md = (sweep_dir / "report" / "report.md").read_text()
     assert "## Convergence" in md and "| 1 | image only | 40 (0) it, 20 (0) s [2/2] | 70 (0) it, 35 (0) s [2/2] |" in md
+
+
+@pytest.mark.parametrize("stop_reason,hinted", [("max_iterations", True), ("early_stopping", False)])
+def test_a_structure_not_learned_at_the_budget_suggests_more_iterations(tmp_path, stop_reason, hinted):
+    """The report names a run's unlearned structure, and where the run ended at its iteration budget it
+    says that more iterations may teach it."""
+    sweep_dir = make_fake_sweep(tmp_path, modes=("image",), planned=("image",))
+    result_path = sweep_dir / "runs" / "image_n01_seed0" / "train" / "result.json"
+    result = json.loads(result_path.read_text())
+    result.update(learned=True, structures_not_learned=["eye_left"], stop_reason=stop_reason)
+    result_path.write_text(json.dumps(result))
+    text = (make_report(sweep_dir).parent / "report.md").read_text()
+    assert "image_n01_seed0 (eye_left)" in text
+    assert ("more iterations may teach it" in text) == hinted

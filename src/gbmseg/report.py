@@ -50,6 +50,7 @@ from matplotlib.patches import Patch
 
 from .dataset import Dataset
 from .io import PathLike, atomic_path, read_image, read_json, same_geometry, to_array, write_text
+from .stopping import MORE_ITERATIONS
 from .sweep import SWEEP_KEYS
 from .sweep_stats import (ALPHA, COLLAPSES, CONVERGENCE_TARGETS, HOLDS, MIN_PAIRS, REFERENCE, Run, compare,
                           compare_to, convergence_table, coords_statement, cross_statements, cross_table, fmt_mean_sd,
@@ -368,8 +369,10 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
     partly = [f"{r.id} ({', '.join(r.result['structures_not_learned'])})" for r in runs
               if r.result.get("learned") is not False and r.result.get("structures_not_learned")]
     if partly:
+        at_budget = any(r.result.get("stop_reason") == "max_iterations" for r in runs
+                        if r.result.get("learned") is not False and r.result.get("structures_not_learned"))
         items.append("Runs in which a structure was not learned (its validation Dice never rose above the floor): "
-                     + "; ".join(partly))
+                     + "; ".join(partly) + (f" ({MORE_ITERATIONS})" if at_budget else ""))
     unusual = Counter(n["case"] for r in runs for n in (r.done or {}).get("predict_warnings") or [])
     if unusual:
         items.append("Test cases whose global mask was unusual at prediction, e.g. far larger or smaller than the "

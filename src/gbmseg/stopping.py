@@ -18,6 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# What a run that ended at its budget with a structure not learned is told (train.log, the sweep's report):
+# structures are learned one after another, and on head-and-neck CT a larger budget taught the ones that
+# 1000-iteration runs had not (benchmarks/results/ablation_learning.md, thirteenth round).
+MORE_ITERATIONS = ("the run ended at its iteration budget: more iterations may teach it "
+                   "(e.g. --set training.max_iterations=2000 --set training.min_iterations=1000)")
+
 
 @dataclass(frozen=True)
 class StoppingRule:

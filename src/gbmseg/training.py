@@ -59,7 +59,7 @@ from .mirror import mirrored_probabilities, plan_mirror, swap_table
 from .network import build_network, load_checkpoint, load_weights, output_classes, select_device
 from .patches import predict_logits, random_patch
 from .preprocessing import case_stats, grid_spacing, load_case, load_plan
-from .stopping import StoppingRule
+from .stopping import MORE_ITERATIONS, StoppingRule
 from .tracking import make_tracker
 
 HISTORY_FIELDS = ["iteration", "train_loss", "val_loss", "val_dice", "wall_s"]
@@ -394,8 +394,9 @@ class Trainer:
         if not result["learned"]:
             self.log.warning("validation Dice never rose above %.2f: this run did not learn", t.dice_floor)
         elif result.get("structures_not_learned"):
-            self.log.warning("validation Dice of %s never rose above %.2f: not learned",
-                             ", ".join(result["structures_not_learned"]), t.dice_floor)
+            self.log.warning("validation Dice of %s never rose above %.2f: not learned%s",
+                             ", ".join(result["structures_not_learned"]), t.dice_floor,
+                             f"; {MORE_ITERATIONS}" if result["stop_reason"] == "max_iterations" else "")
         self.log.info("done: %s", result)
         return result
 
