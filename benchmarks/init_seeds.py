@@ -75,8 +75,8 @@ def main() -> None:
             pred, scores = run / "test_pred", run / "test_dice.csv"
             if not scores.exists():
                 with tempfile.TemporaryDirectory() as tmp:  # the test images, and only those
-                    for case in test:
-                        Path(tmp, Path(ds.image_path(case)).name).symlink_to(Path(ds.image_path(case)).resolve())
+                    for image in map(ds.image_path, test):
+                        Path(tmp, image.name).symlink_to(image.resolve())
                     gbmseg("predict", "-m", str(run), "-i", tmp, "-o", str(pred), "--overwrite")
                 gbmseg("evaluate", "--pred", str(pred), "--ref", str(Path(args.dataset) / "labelsTr"),
                        "--cases", args.test, "-o", str(scores))

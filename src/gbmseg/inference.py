@@ -22,9 +22,9 @@ from .errors import GbmsegError
 from .io import read_json
 from . import runtime
 from . import __version__
-from .mirror import mirrored_probabilities, swap_table
+from .mirror import swap_table
 from .network import UNet3D, build_network, load_checkpoint, load_weights, output_classes, select_device
-from .patches import predict_logits
+from .patches import predict_probabilities
 from .preprocessing import grid_spacing, preprocess_image, to_original_geometry
 
 
@@ -139,14 +139,10 @@ def segment(model: Model, image: sitk.Image, mask: sitk.Image, transform: sitk.T
     dtype = runtime.amp_dtype(model.device)
     patch = [int(s) for s in prep.size[::-1]]
 
-    def predict(t: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(predict_logits(model.net, t, patch).float(), dim=1)
-
-    mirror = model.info.get("mirror") or {}
+    plan = model.info.get("mirror") or {}  # test-time mirroring where it was trained with it
+    mirror = None if plan.get("axis") is None else (plan["axis"], swap_table(model.n_classes, plan["pairs"]))
     with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
-        probs = (predict(x) if mirror.get("axis") is None  # test-time mirroring where it was trained with it
-                 else mirrored_probabilities(predict, x, mirror["axis"], swap_table(model.n_classes, mirror["pairs"])))
-        probs = probs[0].cpu().numpy()
+        probs = predict_probabilities(model.net, x, patch, mirror)[0].cpu().numpy()
     clock.lap("network")
     out = to_original_geometry(probs, data["grid"], image)
     clock.lap("resample_back")

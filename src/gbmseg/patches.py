@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from .mirror import mirrored_probabilities
+
 FOREGROUND_FRACTION = 1 / 3
 
 
@@ -58,3 +60,16 @@ def predict_logits(net: torch.nn.Module, x: torch.Tensor, patch_size, overlap: f
         return net(x)
     return sliding_window_inference(x, roi_size=tuple(int(s) for s in patch_size), sw_batch_size=1,
                                     predictor=net, overlap=overlap, mode="gaussian")
+
+
+def predict_probabilities(net: torch.nn.Module, x: torch.Tensor, patch_size, mirror=None,
+                          logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Class probabilities ``(B, K, Z, Y, X)`` as ``gbmseg predict`` makes them: the softmax of
+    :func:`predict_logits`, with ``mirror = (axis, swap table)`` averaged with the mirror image's
+    (:func:`gbmseg.mirror.mirrored_probabilities`). ``logits``: :func:`predict_logits` of ``x``, if
+    already computed."""
+    def predict(t: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(predict_logits(net, t, patch_size).float(), dim=1)
+
+    plain = predict(x) if logits is None else torch.softmax(logits.float(), dim=1)
+    return plain if mirror is None else mirrored_probabilities(predict, x, *mirror, plain=plain)

@@ -366,13 +366,12 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
     if not_learned:
         items.append(f"Runs that did not learn (validation Dice never rose above the floor; their test results are "
                      f"in the tables as they are): {', '.join(not_learned)}")
-    partly = [f"{r.id} ({', '.join(r.result['structures_not_learned'])})" for r in runs
-              if r.result.get("learned") is not False and r.result.get("structures_not_learned")]
+    partly = [r for r in runs if r.result.get("learned") is not False and r.result.get("structures_not_learned")]
     if partly:
-        at_budget = any(r.result.get("stop_reason") == "max_iterations" for r in runs
-                        if r.result.get("learned") is not False and r.result.get("structures_not_learned"))
+        at_budget = any(r.result.get("stop_reason") == "max_iterations" for r in partly)
         items.append("Runs in which a structure was not learned (its validation Dice never rose above the floor): "
-                     + "; ".join(partly) + (f" ({MORE_ITERATIONS})" if at_budget else ""))
+                     + "; ".join(f"{r.id} ({', '.join(r.result['structures_not_learned'])})" for r in partly)
+                     + (f" ({MORE_ITERATIONS})" if at_budget else ""))
     unusual = Counter(n["case"] for r in runs for n in (r.done or {}).get("predict_warnings") or [])
     if unusual:
         items.append("Test cases whose global mask was unusual at prediction, e.g. far larger or smaller than the "

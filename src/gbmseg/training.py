@@ -55,9 +55,9 @@ from .config import RETIRED, Config, TrainingConfig, channels_for_mode
 from .errors import GbmsegError, Interrupted
 from .io import atomic_path, read_json, write_text
 from .losses import make_loss
-from .mirror import mirrored_probabilities, plan_mirror, swap_table
+from .mirror import plan_mirror, swap_table
 from .network import build_network, load_checkpoint, load_weights, output_classes, select_device
-from .patches import predict_logits, random_patch
+from .patches import predict_logits, predict_probabilities, random_patch
 from .preprocessing import case_stats, grid_spacing, load_case, load_plan
 from .stopping import MORE_ITERATIONS, StoppingRule
 from .tracking import make_tracker
@@ -218,13 +218,14 @@ class Trainer:
         self.train_loss_fn = DeepSupervisionLoss(self.loss_fn)
         # mask dropout needs an input beside the mask: a mask-only model would see nothing (image-only has no mask)
         mask_drop = float(self.tcfg.mask_dropout) if len(channels_for_mode(mode)) > 1 else 0.0
-        mirror = (None if self.mirror_plan is None or self.mirror_plan["axis"] is None
-                  else (self.mirror_plan["axis"], swap_table(self.n_classes, self.mirror_plan["pairs"])))
-        self.mirror = mirror  # validation predicts as gbmseg.inference does: mirrored too where trained so
+        # (axis, swap table) or None: training crops are mirrored with it, and validation predicts with it as
+        # gbmseg.inference does
+        self.mirror = (None if self.mirror_plan is None or self.mirror_plan["axis"] is None
+                       else (self.mirror_plan["axis"], swap_table(self.n_classes, self.mirror_plan["pairs"])))
         self.augment = (Augmenter(self.sample_seed, anatomy=bool(self.tcfg.augment), mask_p=float(self.tcfg.mask_augment),
-                                  mask_drop=mask_drop, mirror=mirror,
+                                  mask_drop=mask_drop, mirror=self.mirror,
                                   rotate_deg=float(self.tcfg.rotate_deg))
-                        if self.tcfg.augment or self.tcfg.mask_augment or mask_drop or mirror else None)
+                        if self.tcfg.augment or self.tcfg.mask_augment or mask_drop or self.mirror else None)
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
         self.gen = torch.Generator().manual_seed(self.sample_seed)
@@ -305,9 +306,6 @@ class Trainer:
         self.state["iteration"] += 1
         return float(loss.detach())
 
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(predict_logits(self.net, x, self.patch).float(), dim=1)
-
     def validate(self) -> tuple[float, float]:
         """Mean loss and mean Dice over the validation cases, each predicted whole (no augmentation) as
         prediction does it (with the mirror plan, the mean of the crop's and its mirror image's class
@@ -321,8 +319,8 @@ class Trainer:
                 y = case["label"][None].long().to(self.device)
                 logits = predict_logits(self.net, x, self.patch).float()
                 losses.append(float(self.loss_fn(logits, y)))
-                scores = logits if self.mirror is None else mirrored_probabilities(
-                    self._probabilities, x, *self.mirror, plain=torch.softmax(logits, dim=1))
+                scores = logits if self.mirror is None else predict_probabilities(
+                    self.net, x, self.patch, self.mirror, logits=logits)
                 per.append(structure_dice(scores.argmax(1, keepdim=True), y, self.n_classes))
         self.net.train()
         with warnings.catch_warnings():  # a structure absent from every validation case: NaN
