@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -116,6 +117,16 @@ def test_learning_rate_schedule(schedule, it, expected):
     assert learning_rate(cfg, it) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("it,budget,expected", [
+    (1000, None, 0.0), (1000, 1000, 0.0), (1000, 2000, 1e-3 * 0.5 ** 0.9), (1500, 2000, 1e-3 * 0.25 ** 0.9),
+    (2000, 2000, 0.0),
+])
+def test_an_extended_budget_stretches_the_decay(it, budget, expected):
+    """After an extension the rate is what a run planned with the extended budget has at that iteration."""
+    cfg = load_config("fast", ["training.lr=0.001", "training.max_iterations=1000", "training.warmup=0"]).training
+    assert learning_rate(cfg, it, budget) == pytest.approx(expected)
+
+
 def test_learning_rate_warms_up_linearly():
     cfg = load_config("fast", ["training.warmup=10", "training.lr=0.001"]).training
     assert learning_rate(cfg, 0) == pytest.approx(1e-4)
@@ -209,6 +220,89 @@ def test_a_structure_whose_validation_dice_never_rises_is_named_in_the_result(to
     cfg2.set_value("training.dice_floor=-1")
     result = train(cache, "image+mask", ds.cases[:4], ds.cases[4:], cfg2, tmp_path / "run2", progress=False)
     assert result["structures_not_learned"] == []
+
+
+def _never_learns(**training):
+    """The tiny config with a floor no 10-iteration run passes: every structure counts as not learned."""
+    from gbmseg.testing import tiny_config
+    cfg = tiny_config(max_iterations=10, val_interval=5, **training)
+    cfg.set_value("training.dice_floor=0.999")
+    return cfg
+
+
+def test_a_run_with_a_structure_not_learned_at_its_budget_is_extended_once(toy_cache, tmp_path):
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    result = train(cache, "image", ds.cases[:4], ds.cases[4:], _never_learns(extend_iterations=5), tmp_path / "run",
+                   progress=False)
+    assert result["iterations"] == 15  # 10, then 5 more once: still not learned, no second extension
+    assert result["extended_iterations"] == 5 and result["extended_for"] == list(ds.labels)
+    assert pd.read_csv(tmp_path / "run" / "history.csv")["iteration"].tolist() == [5, 10, 15]
+    assert "budget extended by 5 iterations to 15" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_run_that_learned_every_structure_is_not_extended(toy_cache, tmp_path):
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=10, val_interval=5, extend_iterations=5)
+    cfg.set_value("training.dice_floor=-1")  # every structure counts as learned
+    result = train(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert result["iterations"] == 10 and result["extended_iterations"] == 0 and result["extended_for"] == []
+
+
+def test_no_extension_without_extend_iterations(toy_cache, tmp_path):
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    result = train(cache, "image", ds.cases[:4], ds.cases[4:], _never_learns(), tmp_path / "run", progress=False)
+    assert result["iterations"] == 10 and result["extended_iterations"] == 0
+
+
+def test_an_extended_run_trains_with_the_stretched_decay(toy_cache, tmp_path):
+    """The optimiser's rate at the first extra iteration is the poly decay over the extended budget."""
+    from gbmseg.training import Trainer
+
+    ds, cache = toy_cache
+    cfg = _never_learns(extend_iterations=10, schedule="poly", lr=0.001)
+    trainer = Trainer(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    trainer.state.update(iteration=10, structure_best=[0.0] * len(ds.labels))
+    assert trainer._extend() and trainer.budget() == 20 and not trainer._extend()  # once only
+    trainer.step()
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001 * 0.5 ** 0.9)
+
+
+def test_a_run_interrupted_during_its_extension_resumes_with_the_extended_budget(toy_cache, tmp_path):
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    full = train(cache, "image", ds.cases[:4], ds.cases[4:], _never_learns(extend_iterations=10), tmp_path / "a",
+                 seed=3, progress=False)
+    # the same run stopped at iteration 15 (as if killed: a budget of 10 extended by 5), then started again
+    train(cache, "image", ds.cases[:4], ds.cases[4:], _never_learns(extend_iterations=5), tmp_path / "b", seed=3,
+          progress=False)
+    (tmp_path / "b" / "result.json").unlink()
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    ckpt["state"]["extension"] = 10  # what an extend_iterations=10 run's last.pt holds at iteration 15
+    torch.save(ckpt, tmp_path / "b" / "last.pt")
+    resumed = train(cache, "image", ds.cases[:4], ds.cases[4:], _never_learns(extend_iterations=10), tmp_path / "b",
+                    seed=3, progress=False)
+    assert resumed["iterations"] == full["iterations"] == 20
+    assert "to 20" not in (tmp_path / "b" / "train.log").read_text()  # the extension came from last.pt, not anew
+    a, b = (pd.read_csv(tmp_path / r / "history.csv") for r in "ab")
+    assert np.allclose(a["train_loss"], b["train_loss"], atol=1e-5)
+
+
+def test_bad_extend_iterations_is_a_one_line_error(toy_cache, tmp_path):
+    from gbmseg.errors import GbmsegError
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    with pytest.raises(GbmsegError, match="training.extend_iterations -5"):
+        train(cache, "image", ds.cases[:4], ds.cases[4:], _never_learns(extend_iterations=-5), tmp_path / "run",
+              progress=False)
 
 
 def test_deep_supervision_gives_coarser_logits_in_training_only():

@@ -204,3 +204,16 @@ def test_a_test_case_with_an_unusual_mask_is_predicted_and_its_warning_kept(tmp_
         assert (job / "predictions" / "toy_001.nii.gz").exists()
     report = (make_report(sweep).parent / "report.md").read_text()
     assert "Test cases whose global mask was unusual at prediction" in report and "toy_001 (2 of 2 runs)" in report
+
+
+@pytest.mark.parametrize("train,shown", [
+    ({"extended_iterations": 1000, "extended_for": ["brainstem"]}, "budget extended by 1000 for brainstem"),
+    ({"extended_iterations": 0, "extended_for": []}, None),
+    ({}, None),  # a run recorded before extensions existed
+])
+def test_the_progress_line_says_when_a_budget_was_extended(train, shown):
+    from gbmseg.sweep import job_line
+    line = job_line({"id": "image_n01_seed0", "mean_dice": 0.5, "predict_s_per_case": 1.0,
+                     "train": {"iterations": 1500, "train_time_s": 300.0, "learned": True, **train}})
+    assert line.startswith("image_n01_seed0: mean test Dice 0.500 (1500 iterations")
+    assert ("budget extended" in line) == (shown is not None) and (shown is None or shown in line)

@@ -366,6 +366,12 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
     if not_learned:
         items.append(f"Runs that did not learn (validation Dice never rose above the floor; their test results are "
                      f"in the tables as they are): {', '.join(not_learned)}")
+    extended = [r for r in runs if r.result.get("extended_iterations")]
+    if extended:
+        items.append("Runs whose budget was extended, a structure not having been learned by its last iteration "
+                     "(training.extend_iterations): " + "; ".join(
+                         f"{r.id} (+{r.result['extended_iterations']} for {', '.join(r.result.get('extended_for') or [])}; "
+                         f"{r.result.get('iterations')} iterations run)" for r in extended))
     partly = [r for r in runs if r.result.get("learned") is not False and r.result.get("structures_not_learned")]
     if partly:
         at_budget = any(r.result.get("stop_reason") == "max_iterations" for r in partly)

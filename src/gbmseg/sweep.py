@@ -261,6 +261,8 @@ def job_line(summary: dict) -> str:
                 f"(multi-atlas, {summary['predict_s_per_case']:.0f} s per test case)")
     return (f"{summary['id']}: mean test Dice {summary['mean_dice']:.3f} "
             f"({summary['train']['iterations']} iterations, {summary['train']['train_time_s']:.0f} s training)"
+            + (f"; budget extended by {extra} for {', '.join(summary['train'].get('extended_for') or [])}"
+               if (extra := summary["train"].get("extended_iterations")) else "")
             + "".join(f"; on {name} {dice:.3f}" for name, dice in (summary.get("also_test") or {}).items())
             + ("" if learned else "  DID NOT LEARN (validation Dice never rose)")
             + ("  NOT LEARNED: " + ", ".join(missing) if learned and (missing := summary["train"].get("structures_not_learned"))

@@ -73,7 +73,7 @@ def tiny_config(**training) -> Config:
                                "training.max_iterations=30", "training.patience=100",
                                "preprocessing.crop=mask_center", "training.augment=false",
                                "training.schedule=constant", "training.min_iterations=0",
-                               "training.mirror=false"])
+                               "training.mirror=false", "training.extend_iterations=0"])
     cfg.name = "tiny"
     for key, value in training.items():
         cfg.set_value(f"training.{key}={json.dumps(value)}")

@@ -7,7 +7,11 @@ intensity augmentation (:mod:`gbmseg.augment`). The learning rate follows ``trai
 iterations all validation cases are predicted whole; the best mean Dice is kept. Early stopping
 (:mod:`gbmseg.stopping`) cannot end a run before ``min_iterations`` or before its validation Dice
 has passed ``dice_floor``; a run that never passes it is reported as not learned. Budgets are
-iterations; ``max_time_s`` is an optional wall-time cap. With ``training.mirror``, the mirror plan
+iterations; ``max_time_s`` is an optional wall-time cap. With ``training.extend_iterations``, a run that
+reaches ``max_iterations`` with a structure whose validation Dice never passed ``dice_floor`` (structures
+are learned one after another, and a slow one may not have come yet) trains that many iterations more,
+once; the learning-rate decay is then recomputed over the extended budget, so the rate rises to what a
+run planned that long would have at that iteration and decays to zero at its new end. With ``training.mirror``, the mirror plan
 (:mod:`gbmseg.mirror`) is made from the training cases and recorded in ``config.json``; validation
 then mirrors as prediction does, so that the checkpoint kept, early stopping and the structures
 reported as not learned judge the segmentations the model will deliver.
@@ -78,15 +82,21 @@ OPTIMIZERS = {  # training.optimizer -> a torch optimiser for parameters and the
 }
 
 
-def learning_rate(t: TrainingConfig, iteration: int) -> float:
+def learning_rate(t: TrainingConfig, iteration: int, budget: int | None = None) -> float:
     """Learning rate for (0-based) ``iteration``: linear warm-up, then constant or polynomial decay
-    ``lr * (1 - it / max_iterations) ** 0.9`` (nnU-Net's schedule)."""
+    ``lr * (1 - it / budget) ** 0.9`` (nnU-Net's schedule); ``budget`` is ``max_iterations`` unless
+    the run's budget was extended (``training.extend_iterations``).
+
+    >>> t = TrainingConfig(loss="dice", lr=1.0, max_iterations=100, val_interval=10, patience=2, schedule="poly")
+    >>> learning_rate(t, 100), round(learning_rate(t, 100, budget=200), 3)
+    (0.0, 0.536)
+    """
     if t.schedule not in SCHEDULES:
         raise GbmsegError(f"training.schedule '{t.schedule}': choose {' or '.join(SCHEDULES)}")
     if iteration < t.warmup:
         return t.lr * (iteration + 1) / t.warmup
     if t.schedule == "poly":
-        return t.lr * max(0.0, 1.0 - iteration / max(1, t.max_iterations)) ** 0.9
+        return t.lr * max(0.0, 1.0 - iteration / max(1, budget or t.max_iterations)) ** 0.9
     return t.lr
 
 
@@ -166,6 +176,8 @@ class Trainer:
                 raise GbmsegError(f"training.{key} {getattr(t, key)}: a probability per iteration, from 0 to 1")
         if not 0.0 <= float(t.rotate_deg) <= 180.0:
             raise GbmsegError(f"training.rotate_deg {t.rotate_deg}: the rotation bound in degrees, from 0 to 180")
+        if int(t.extend_iterations) < 0:
+            raise GbmsegError(f"training.extend_iterations {t.extend_iterations}: iterations, 0 (never) or more")
         if t.optimizer not in OPTIMIZERS:
             raise GbmsegError(f"training.optimizer '{t.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
@@ -229,7 +241,8 @@ class Trainer:
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
         self.gen = torch.Generator().manual_seed(self.sample_seed)
-        self.state = {"iteration": 0, "elapsed": 0.0, **self.stopping.initial_state()}
+        self.state = {"iteration": 0, "elapsed": 0.0, "extension": 0, "extended_for": [],
+                      **self.stopping.initial_state()}
         self.resolved = {"gbmseg_version": __version__, "mode": mode, "seed": seed,
                          "train_cases": list(train_cases), "val_cases": list(val_cases),
                          "labels": self.plan["labels"], "modality": self.plan["modality"],
@@ -265,7 +278,7 @@ class Trainer:
         load_weights(self.net, ckpt["model"], path, "this run's config")
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = {**self.stopping.initial_state(), **dict(ckpt["state"])}
+        self.state = {"extension": 0, "extended_for": [], **self.stopping.initial_state(), **dict(ckpt["state"])}
         if self.main:  # random states are CPU tensors, whatever map_location moved them to
             torch.set_rng_state(ckpt["torch_rng"].cpu())
             self.gen.set_state(ckpt["sampler_rng"].cpu())
@@ -287,7 +300,7 @@ class Trainer:
         """One training iteration (case, patch, augmentation, forward, backward, update); returns the loss."""
         it = self.state["iteration"]
         for group in self.opt.param_groups:
-            group["lr"] = learning_rate(self.tcfg, it)
+            group["lr"] = learning_rate(self.tcfg, it, self.budget())
         case = self.train_data[int(torch.randint(len(self.train_data), (1,), generator=self.gen))]
         case = random_patch(case, self.patch, np.random.default_rng([self.sample_seed, it, 1]),
                             foreground=float(self.tcfg.foreground))
@@ -347,7 +360,7 @@ class Trainer:
 
     def _loop(self, resumed: bool) -> dict:
         t = self.tcfg
-        max_it, interval = int(t.max_iterations), int(t.val_interval)
+        interval = int(t.val_interval)
         budget = t.max_time_s or float("inf")
         self.log.info("%s run: mode=%s train=%d val=%d device=%s seed=%d", "resumed" if resumed else "new",
                       self.mode, len(self.train_data), len(self.val_data), self.device, self.seed)
@@ -358,10 +371,16 @@ class Trainer:
         self.net.train()
         start = time.time() - self.state["elapsed"]
         stop, running = None, []
-        bar = tqdm(total=max_it, initial=self.state["iteration"], desc=f"train {self.mode}",
+        bar = tqdm(total=self.budget(), initial=self.state["iteration"], desc=f"train {self.mode}",
                    disable=not (self.progress and self.main), leave=False)
         with StopSignals() as signals:
-            while self.state["iteration"] < max_it and stop is None:
+            while stop is None:
+                if self.state["iteration"] >= self.budget():
+                    if not self._extend():
+                        break
+                    bar.total = self.budget()
+                    bar.refresh()
+                    continue
                 running.append(self.step())
                 bar.update(1)
                 out_of_time = time.time() - start > budget  # checked every iteration, validated once more
@@ -370,7 +389,7 @@ class Trainer:
                 if signalled:
                     bar.close()
                     self._interrupt(signals.received or signal.SIGTERM, start)
-                if self.state["iteration"] % interval == 0 or self.state["iteration"] == max_it or out_of_time:
+                if self.state["iteration"] % interval == 0 or self.state["iteration"] == self.budget() or out_of_time:
                     stop = self._after_interval(running, start) or ("time_budget" if out_of_time else None)
                     running = []
                     bar.set_postfix(val_dice=f"{self.state['best_dice']:.3f}")
@@ -380,11 +399,11 @@ class Trainer:
                   "learned": bool(self.state["learned"]),
                   "iterations": self.state["iteration"], "train_time_s": round(self.state["elapsed"], 2),
                   "time_to_best_s": self.state.get("time_to_best", None),
-                  "stop_reason": stop or "max_iterations", "device": str(self.device)}
-        best = self.state.get("structure_best")
-        if best is not None:  # structures whose validation Dice never passed the floor (NaN: never validated)
-            result["structures_not_learned"] = [name for name, b in zip(self._structure_names(), best)
-                                                if 0 <= b <= t.dice_floor]
+                  "stop_reason": stop or "max_iterations", "device": str(self.device),
+                  "extended_iterations": int(self.state.get("extension", 0)),
+                  "extended_for": list(self.state.get("extended_for", []))}
+        if self.state.get("structure_best") is not None:
+            result["structures_not_learned"] = self._not_learned()
         if not self.main:
             return result
         write_text(json.dumps(result, indent=2), self.out / "result.json")
@@ -392,11 +411,34 @@ class Trainer:
         if not result["learned"]:
             self.log.warning("validation Dice never rose above %.2f: this run did not learn", t.dice_floor)
         elif result.get("structures_not_learned"):
-            self.log.warning("validation Dice of %s never rose above %.2f: not learned%s",
+            self.log.warning("validation Dice of %s never rose above %.2f: not learned%s%s",
                              ", ".join(result["structures_not_learned"]), t.dice_floor,
+                             f" (also after {result['extended_iterations']} more iterations)"
+                             if result["extended_iterations"] else "",
                              f"; {MORE_ITERATIONS}" if result["stop_reason"] == "max_iterations" else "")
         self.log.info("done: %s", result)
         return result
+
+    def budget(self) -> int:
+        """The run's iteration budget: ``max_iterations``, plus ``extend_iterations`` once extended."""
+        return int(self.tcfg.max_iterations) + int(self.state.get("extension", 0))
+
+    def _not_learned(self) -> list[str]:
+        """Structures whose validation Dice has not yet passed the floor (never validated: not listed)."""
+        best = self.state.get("structure_best") or []
+        return [name for name, b in zip(self._structure_names(), best) if 0 <= b <= self.tcfg.dice_floor]
+
+    def _extend(self) -> bool:
+        """At the end of the budget: add ``training.extend_iterations`` once, where a structure was not
+        learned. Every rank decides alike (the state comes from rank 0). True when extended."""
+        extra = int(self.tcfg.extend_iterations)
+        missing = self._not_learned()
+        if extra <= 0 or self.state.get("extension", 0) or not missing:
+            return False
+        self.state.update(extension=extra, extended_for=missing, bad_evals=0)  # patience counts afresh
+        self.log.info("it %d: %s not learned; budget extended by %d iterations to %d, the decay with it",
+                      self.state["iteration"], ", ".join(missing), extra, self.budget())
+        return True
 
     def _structure_names(self) -> list[str]:
         """Label names in the order of the network's classes 1, 2, ..."""
@@ -468,7 +510,7 @@ def _without_budget(config: dict) -> dict:
     """A config minus what may change when a run is continued (budget, patience, description)."""
     cfg = {k: v for k, v in config.items() if k != "description"}
     cfg["training"] = {k: v for k, v in config.get("training", {}).items()
-                       if k not in ("max_iterations", "max_time_s", "patience", "min_iterations",
+                       if k not in ("max_iterations", "max_time_s", "patience", "min_iterations", "extend_iterations",
                                     *RETIRED["training"])}
     return cfg
 
