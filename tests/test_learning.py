@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -268,7 +270,7 @@ def test_an_extended_run_trains_with_the_stretched_decay(toy_cache, tmp_path):
     ds, cache = toy_cache
     cfg = _never_learns(extend_iterations=10, schedule="poly", lr=0.001)
     trainer = Trainer(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
-    trainer.state.update(iteration=10, structure_best=[0.0] * len(ds.labels))
+    trainer.state.update(iteration=10, structure_at_best=[0.0] * len(ds.labels))
     assert trainer._extend() and trainer.budget() == 20 and not trainer._extend()  # once only
     trainer.step()
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.001 * 0.5 ** 0.9)
@@ -293,6 +295,25 @@ def test_a_run_interrupted_during_its_extension_resumes_with_the_extended_budget
     assert "to 20" not in (tmp_path / "b" / "train.log").read_text()  # the extension came from last.pt, not anew
     a, b = (pd.read_csv(tmp_path / r / "history.csv") for r in "ab")
     assert np.allclose(a["train_loss"], b["train_loss"], atol=1e-5)
+
+
+def test_a_structure_learned_and_lost_again_counts_as_not_learned(toy_cache, tmp_path):
+    """What counts is the kept model: a structure above the floor once, at 0 in the best checkpoint, is named."""
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import Trainer
+
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=10, val_interval=5, dice_floor=0.05)
+    trainer = Trainer(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    upper, lower = ds.labels
+    for dice in ([0.5, 0.2], [0.0, 0.9]):  # the second validation is the better one (mean 0.45 > 0.35)
+        def canned(d=dice):
+            trainer.last_structure_dice = np.array(d)
+            return 1.0, float(np.mean(d))
+        trainer.validate = canned
+        trainer.state["iteration"] += 5
+        trainer._after_interval([1.0], time.time())
+    assert trainer.state["best_iteration"] == 10 and trainer._not_learned() == [upper]
 
 
 def test_bad_extend_iterations_is_a_one_line_error(toy_cache, tmp_path):

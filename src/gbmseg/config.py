@@ -80,7 +80,7 @@ class TrainingConfig:
     rotate_deg: float = 15.0              # augmentation: rotation about each axis uniform in [-rotate_deg, rotate_deg]
     foreground: float = 1 / 3             # crop larger than the patch: share of patches centred on a structure
     extend_iterations: int = 0            # once: iterations added when a run reaches max_iterations with a structure
-                                          # not learned (validation Dice never above dice_floor); the decay then runs
+                                          # not learned (its Dice at the kept checkpoint <= dice_floor); the decay runs
                                           # over the extended budget (gbmseg.training.Trainer)
 
 

@@ -375,7 +375,7 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
     partly = [r for r in runs if r.result.get("learned") is not False and r.result.get("structures_not_learned")]
     if partly:
         at_budget = any(r.result.get("stop_reason") == "max_iterations" for r in partly)
-        items.append("Runs in which a structure was not learned (its validation Dice never rose above the floor): "
+        items.append("Runs in which a structure was not learned (its validation Dice at the kept checkpoint is at most the floor): "
                      + "; ".join(f"{r.id} ({', '.join(r.result['structures_not_learned'])})" for r in partly)
                      + (f" ({MORE_ITERATIONS})" if at_budget else ""))
     unusual = Counter(n["case"] for r in runs for n in (r.done or {}).get("predict_warnings") or [])

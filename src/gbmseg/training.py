@@ -8,8 +8,9 @@ iterations all validation cases are predicted whole; the best mean Dice is kept.
 (:mod:`gbmseg.stopping`) cannot end a run before ``min_iterations`` or before its validation Dice
 has passed ``dice_floor``; a run that never passes it is reported as not learned. Budgets are
 iterations; ``max_time_s`` is an optional wall-time cap. With ``training.extend_iterations``, a run that
-reaches ``max_iterations`` with a structure whose validation Dice never passed ``dice_floor`` (structures
-are learned one after another, and a slow one may not have come yet) trains that many iterations more,
+reaches ``max_iterations`` with a structure that the kept checkpoint does not segment on validation (Dice
+at most ``dice_floor``: structures are learned one after another, a slow one may not have come yet, and one
+learned early may be lost again) trains that many iterations more,
 once; the learning-rate decay is then recomputed over the extended budget, so the rate rises to what a
 run planned that long would have at that iteration and decays to zero at its new end. With ``training.mirror``, the mirror plan
 (:mod:`gbmseg.mirror`) is made from the training cases and recorded in ``config.json``; validation
@@ -402,7 +403,7 @@ class Trainer:
                   "stop_reason": stop or "max_iterations", "device": str(self.device),
                   "extended_iterations": int(self.state.get("extension", 0)),
                   "extended_for": list(self.state.get("extended_for", []))}
-        if self.state.get("structure_best") is not None:
+        if self.state.get("structure_at_best") is not None:
             result["structures_not_learned"] = self._not_learned()
         if not self.main:
             return result
@@ -411,7 +412,7 @@ class Trainer:
         if not result["learned"]:
             self.log.warning("validation Dice never rose above %.2f: this run did not learn", t.dice_floor)
         elif result.get("structures_not_learned"):
-            self.log.warning("validation Dice of %s never rose above %.2f: not learned%s%s",
+            self.log.warning("validation Dice of %s at the kept checkpoint is at most %.2f: not learned%s%s",
                              ", ".join(result["structures_not_learned"]), t.dice_floor,
                              f" (also after {result['extended_iterations']} more iterations)"
                              if result["extended_iterations"] else "",
@@ -424,9 +425,11 @@ class Trainer:
         return int(self.tcfg.max_iterations) + int(self.state.get("extension", 0))
 
     def _not_learned(self) -> list[str]:
-        """Structures whose validation Dice has not yet passed the floor (never validated: not listed)."""
-        best = self.state.get("structure_best") or []
-        return [name for name, b in zip(self._structure_names(), best) if 0 <= b <= self.tcfg.dice_floor]
+        """Structures that the kept model (the best checkpoint so far) does not segment: their validation
+        Dice there is at most the floor. A structure that passed the floor once and was lost again counts.
+        Never validated (absent from every validation case): not listed."""
+        at_best = self.state.get("structure_at_best") or []
+        return [name for name, d in zip(self._structure_names(), at_best) if 0 <= d <= self.tcfg.dice_floor]
 
     def _extend(self) -> bool:
         """At the end of the budget: add ``training.extend_iterations`` once, where a structure was not
@@ -468,14 +471,12 @@ class Trainer:
             self.tracker.validation(row)
             self.log.info("it %d train_loss %.4f val_loss %.4f val_dice %.4f", it, row["train_loss"], val_loss,
                           val_dice)
-            best = self.state.setdefault("structure_best", [-1.0] * (self.n_classes - 1))
-            self.state["structure_best"] = [max(b, float(d)) if d == d else b
-                                            for b, d in zip(best, self.last_structure_dice)]
             self.log.info("it %d val_dice per structure %s", it, " ".join(
                 f"{name} {d:.3f}" for name, d in zip(self._structure_names(), self.last_structure_dice)))
             improved = val_dice > self.state["best_dice"]
             stop = self.stopping.update(self.state, it, val_dice)
-            if improved:
+            if improved:  # the kept model's Dice per structure (NaN: absent from every validation case)
+                self.state["structure_at_best"] = [float(d) for d in self.last_structure_dice]
                 self.state["time_to_best"] = row["wall_s"]
                 with atomic_path(self.out / "model.pt") as tmp:
                     torch.save({"model": self.net.state_dict()}, tmp)
