@@ -12,7 +12,8 @@ benchmark resumes. Writes to ``--out``:
 
     dice.csv       one row per (mode, seed, case, structure): test Dice
     runs.csv       one row per (mode, seed): test Dice per structure, the best validation Dice per
-                   structure, the structures the run reports as not learned, best iteration
+                   structure, the structures the run reports as not learned, best iteration, and the
+                   iterations its budget was extended by (training.extend_iterations) and for which structures
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def main() -> None:
             result = json.loads((run / "result.json").read_text())
             row = dict(mode=mode, seed=seed, test_dice=round(d.dice.mean(), 3),
                        best_iteration=result["best_iteration"], iterations=result["iterations"],
-                       not_learned=" ".join(result.get("structures_not_learned", [])))
+                       not_learned=" ".join(result.get("structures_not_learned", [])),
+                       extended_iterations=result.get("extended_iterations", 0),
+                       extended_for=" ".join(result.get("extended_for", [])))
             row.update({f"test {k}": round(v, 3) for k, v in d.groupby("structure").dice.mean().items()})
             row.update({f"val {k}": round(v, 3) for k, v in best_val_per_structure(run).items()})
             run_rows.append(row)
