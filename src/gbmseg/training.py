@@ -7,15 +7,16 @@ intensity augmentation (:mod:`gbmseg.augment`). The learning rate follows ``trai
 iterations all validation cases are predicted whole; the best mean Dice is kept. Early stopping
 (:mod:`gbmseg.stopping`) cannot end a run before ``min_iterations`` or before its validation Dice
 has passed ``dice_floor``; a run that never passes it is reported as not learned. Budgets are
-iterations; ``max_time_s`` is an optional wall-time cap. With ``training.extend_iterations``, a run that
-reaches ``max_iterations`` with a structure that the kept checkpoint does not segment on validation (Dice
-at most ``dice_floor``: structures are learned one after another, a slow one may not have come yet, and one
-learned early may be lost again) trains that many iterations more,
-once; the learning-rate decay is then recomputed over the extended budget, so the rate rises to what a
-run planned that long would have at that iteration and decays to zero at its new end. With ``training.mirror``, the mirror plan
-(:mod:`gbmseg.mirror`) is made from the training cases and recorded in ``config.json``; validation
-then mirrors as prediction does, so that the checkpoint kept, early stopping and the structures
-reported as not learned judge the segmentations the model will deliver.
+iterations; ``max_time_s`` is an optional wall-time cap. With ``training.extend_iterations``, a run
+that reaches ``max_iterations`` with a structure that the kept checkpoint does not segment on
+validation (Dice at most ``dice_floor``: structures are learned one after another, a slow one may not
+have come yet, and one learned early may be lost again) trains that many iterations more, once; the
+learning-rate decay is then recomputed over the extended budget, so the rate rises to what a run
+planned that long would have at that iteration and decays to zero at its new end. With
+``training.mirror``, the mirror plan (:mod:`gbmseg.mirror`) is made from the training cases and
+recorded in ``config.json``; validation then mirrors as prediction does, so that the checkpoint kept,
+early stopping and the structures reported as not learned judge the segmentations the model will
+deliver.
 
 A run directory holds everything about one training run::
 
