@@ -243,8 +243,7 @@ class Trainer:
         self.stopping = StoppingRule(int(self.tcfg.patience), int(self.tcfg.min_iterations), float(self.tcfg.dice_floor))
         learning_rate(self.tcfg, 0)  # checks the schedule's name before any work
         self.gen = torch.Generator().manual_seed(self.sample_seed)
-        self.state = {"iteration": 0, "elapsed": 0.0, "extension": 0, "extended_for": [],
-                      **self.stopping.initial_state()}
+        self.state = self._initial_state()
         self.resolved = {"gbmseg_version": __version__, "mode": mode, "seed": seed,
                          "train_cases": list(train_cases), "val_cases": list(val_cases),
                          "labels": self.plan["labels"], "modality": self.plan["modality"],
@@ -280,7 +279,7 @@ class Trainer:
         load_weights(self.net, ckpt["model"], path, "this run's config")
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = {"extension": 0, "extended_for": [], **self.stopping.initial_state(), **dict(ckpt["state"])}
+        self.state = {**self._initial_state(), **dict(ckpt["state"])}  # keys newer than the checkpoint: defaults
         if self.main:  # random states are CPU tensors, whatever map_location moved them to
             torch.set_rng_state(ckpt["torch_rng"].cpu())
             self.gen.set_state(ckpt["sampler_rng"].cpu())
@@ -402,8 +401,7 @@ class Trainer:
                   "iterations": self.state["iteration"], "train_time_s": round(self.state["elapsed"], 2),
                   "time_to_best_s": self.state.get("time_to_best", None),
                   "stop_reason": stop or "max_iterations", "device": str(self.device),
-                  "extended_iterations": int(self.state.get("extension", 0)),
-                  "extended_for": list(self.state.get("extended_for", []))}
+                  "extended_iterations": int(self.state["extension"]), "extended_for": list(self.state["extended_for"])}
         if self.state.get("structure_at_best") is not None:
             result["structures_not_learned"] = self._not_learned()
         if not self.main:
@@ -421,9 +419,13 @@ class Trainer:
         self.log.info("done: %s", result)
         return result
 
+    def _initial_state(self) -> dict:
+        """The counters of a new run (a checkpoint's state is laid over them on resume)."""
+        return {"iteration": 0, "elapsed": 0.0, "extension": 0, "extended_for": [], **self.stopping.initial_state()}
+
     def budget(self) -> int:
         """The run's iteration budget: ``max_iterations``, plus ``extend_iterations`` once extended."""
-        return int(self.tcfg.max_iterations) + int(self.state.get("extension", 0))
+        return int(self.tcfg.max_iterations) + int(self.state["extension"])
 
     def _not_learned(self) -> list[str]:
         """Structures that the kept model (the best checkpoint so far) does not segment: their validation
@@ -437,7 +439,7 @@ class Trainer:
         learned. Every rank decides alike (the state comes from rank 0). True when extended."""
         extra = int(self.tcfg.extend_iterations)
         missing = self._not_learned()
-        if extra <= 0 or self.state.get("extension", 0) or not missing:
+        if extra <= 0 or self.state["extension"] or not missing:
             return False
         self.state.update(extension=extra, extended_for=missing, bad_evals=0)  # patience counts afresh
         self.log.info("it %d: %s not learned; budget extended by %d iterations to %d, the decay with it",
