@@ -89,7 +89,8 @@ def main() -> None:
                        best_iteration=result["best_iteration"], iterations=result["iterations"],
                        not_learned=" ".join(result.get("structures_not_learned", [])),
                        extended_iterations=result.get("extended_iterations", 0),
-                       extended_for=" ".join(result.get("extended_for", [])))
+                       extended_for=" ".join(result.get("extended_for", [])),
+                       extended_at=result.get("extended_at", 0))
             row.update({f"test {k}": round(v, 3) for k, v in d.groupby("structure").dice.mean().items()})
             row.update({f"val {k}": round(v, 3) for k, v in best_val_per_structure(run).items()})
             run_rows.append(row)

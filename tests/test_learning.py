@@ -238,10 +238,61 @@ def test_a_run_with_a_structure_not_learned_at_its_budget_is_extended_once(toy_c
     ds, cache = toy_cache
     result = train(cache, "image", ds.cases[:4], ds.cases[4:], _never_learns(extend_iterations=5), tmp_path / "run",
                    progress=False)
-    assert result["iterations"] == 15  # 10, then 5 more once: still not learned, no second extension
+    assert result["iterations"] == 15 and result["extended_at"] == 10  # 10, then 5 more once: no second extension
     assert result["extended_iterations"] == 5 and result["extended_for"] == list(ds.labels)
     assert pd.read_csv(tmp_path / "run" / "history.csv")["iteration"].tolist() == [5, 10, 15]
     assert "budget extended by 5 iterations to 15" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_extend_from_decides_at_the_first_validation_from_that_share_of_the_budget(toy_cache, tmp_path):
+    """With extend_from 0.5 of 20 iterations the validation at 10 extends, not the one at 5 or the end."""
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=20, val_interval=5, extend_iterations=10, extend_from=0.5)
+    cfg.set_value("training.dice_floor=0.999")
+    result = train(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert result["iterations"] == 30 and result["extended_iterations"] == 10 and result["extended_at"] == 10
+    assert "it 10: " in (log := (tmp_path / "run" / "train.log").read_text()) and "extended by 10 iterations to 30" in log
+    assert pd.read_csv(tmp_path / "run" / "history.csv")["iteration"].tolist() == [5, 10, 15, 20, 25, 30]
+
+
+def test_an_early_decision_is_in_last_pt(toy_cache, tmp_path):
+    """A run stopped right after the validation that extended it resumes extended."""
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import Trainer
+
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=20, val_interval=5, extend_iterations=10, extend_from=0.5)
+    cfg.set_value("training.dice_floor=0.999")
+    trainer = Trainer(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    for _ in range(10):
+        trainer.step()
+    trainer._after_interval([1.0], 0.0)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state"]["extension"] == 10
+
+
+def test_a_learned_run_is_not_extended_early(toy_cache, tmp_path):
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    cfg = tiny_config(max_iterations=10, val_interval=5, extend_iterations=5, extend_from=0.5)
+    cfg.set_value("training.dice_floor=-1")
+    result = train(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert result["iterations"] == 10 and result["extended_iterations"] == 0
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.2])
+def test_bad_extend_from_is_a_one_line_error(toy_cache, tmp_path, value):
+    from gbmseg.errors import GbmsegError
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    with pytest.raises(GbmsegError, match=f"training.extend_from {value}"):
+        train(cache, "image", ds.cases[:4], ds.cases[4:], _never_learns(extend_iterations=5, extend_from=value),
+              tmp_path / "run", progress=False)
 
 
 def test_a_run_that_learned_every_structure_is_not_extended(toy_cache, tmp_path):

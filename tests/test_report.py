@@ -284,12 +284,16 @@ def test_a_structure_not_learned_at_the_budget_suggests_more_iterations(tmp_path
     assert ("more iterations may teach it" in text) == hinted
 
 
-def test_the_report_names_runs_whose_budget_was_extended(tmp_path):
+@pytest.mark.parametrize("at, shown", [(None, "(+1000 for eye_left; 1650 iterations run)"),
+                                        (750, "(+1000 for eye_left at iteration 750; 1650 iterations run)")])
+def test_the_report_names_runs_whose_budget_was_extended(tmp_path, at, shown):
     sweep_dir = make_fake_sweep(tmp_path, modes=("image",), planned=("image",))
     result_path = sweep_dir / "runs" / "image_n01_seed0" / "train" / "result.json"
     result = json.loads(result_path.read_text())
     result.update(extended_iterations=1000, extended_for=["eye_left"], iterations=1650)
+    if at is not None:
+        result["extended_at"] = at
     result_path.write_text(json.dumps(result))
     text = (make_report(sweep_dir).parent / "report.md").read_text()
-    assert "image_n01_seed0 (+1000 for eye_left; 1650 iterations run)" in text
+    assert "image_n01_seed0 " + shown in text
     assert "image_n02_seed0 (+" not in text

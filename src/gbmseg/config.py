@@ -82,6 +82,8 @@ class TrainingConfig:
     extend_iterations: int = 0            # once: iterations added when a run reaches max_iterations with a structure
                                           # not learned (its Dice at the kept checkpoint <= dice_floor); the decay runs
                                           # over the extended budget (gbmseg.training.Trainer)
+    extend_from: float = 1.0              # share of max_iterations from which a validation that finds a structure not
+                                          # learned extends the budget (1.0: only at max_iterations)
 
 
 SECTIONS = {"preprocessing": PreprocessingConfig, "network": NetworkConfig, "training": TrainingConfig}

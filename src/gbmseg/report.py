@@ -368,10 +368,11 @@ def _header(sweep: dict, sweep_dir: Path, runs: list[Run], metrics: pd.DataFrame
                      f"in the tables as they are): {', '.join(not_learned)}")
     extended = [r for r in runs if r.result.get("extended_iterations")]
     if extended:
-        items.append("Runs whose budget was extended, a structure not having been learned by its last iteration "
-                     "(training.extend_iterations): " + "; ".join(
-                         f"{r.id} (+{r.result['extended_iterations']} for {', '.join(r.result.get('extended_for') or [])}; "
-                         f"{r.result.get('iterations')} iterations run)" for r in extended))
+        items.append("Runs whose budget was extended, a structure not having been learned when it was decided "
+                     "(training.extend_iterations, training.extend_from): " + "; ".join(
+                         f"{r.id} (+{r.result['extended_iterations']} for {', '.join(r.result.get('extended_for') or [])}"
+                         + (f" at iteration {r.result['extended_at']}" if r.result.get("extended_at") else "")
+                         + f"; {r.result.get('iterations')} iterations run)" for r in extended))
     partly = [r for r in runs if r.result.get("learned") is not False and r.result.get("structures_not_learned")]
     if partly:
         at_budget = any(r.result.get("stop_reason") == "max_iterations" for r in partly)

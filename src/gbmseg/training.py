@@ -13,6 +13,9 @@ validation (Dice at most ``dice_floor``: structures are learned one after anothe
 have come yet, and one learned early may be lost again) trains that many iterations more, once; the
 learning-rate decay is then recomputed over the extended budget, so the rate rises to what a run
 planned that long would have at that iteration and decays to zero at its new end. With
+``training.extend_from`` below 1, the decision is made earlier: at the first validation from that
+share of ``max_iterations`` on that finds a structure not learned (``fast``: 0.75), so that the
+extended run keeps more of its rate; a run that loses a structure later is still extended at the end. With
 ``training.mirror``, the mirror plan (:mod:`gbmseg.mirror`) is made from the training cases and
 recorded in ``config.json``; validation then mirrors as prediction does, so that the checkpoint kept,
 early stopping and the structures reported as not learned judge the segmentations the model will
@@ -180,6 +183,8 @@ class Trainer:
             raise GbmsegError(f"training.rotate_deg {t.rotate_deg}: the rotation bound in degrees, from 0 to 180")
         if int(t.extend_iterations) < 0:
             raise GbmsegError(f"training.extend_iterations {t.extend_iterations}: iterations, 0 (never) or more")
+        if not 0.0 < float(t.extend_from) <= 1.0:
+            raise GbmsegError(f"training.extend_from {t.extend_from}: a share of max_iterations, above 0 and at most 1")
         if t.optimizer not in OPTIMIZERS:
             raise GbmsegError(f"training.optimizer '{t.optimizer}': choose {' or '.join(OPTIMIZERS)}")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
@@ -393,6 +398,7 @@ class Trainer:
                 if self.state["iteration"] % interval == 0 or self.state["iteration"] == self.budget() or out_of_time:
                     stop = self._after_interval(running, start) or ("time_budget" if out_of_time else None)
                     running = []
+                    bar.total = self.budget()
                     bar.set_postfix(val_dice=f"{self.state['best_dice']:.3f}")
         bar.close()
         distributed.broadcast_buffers(self.net)  # every rank ends with rank 0's model, running statistics too
@@ -401,7 +407,8 @@ class Trainer:
                   "iterations": self.state["iteration"], "train_time_s": round(self.state["elapsed"], 2),
                   "time_to_best_s": self.state.get("time_to_best", None),
                   "stop_reason": stop or "max_iterations", "device": str(self.device),
-                  "extended_iterations": int(self.state["extension"]), "extended_for": list(self.state["extended_for"])}
+                  "extended_iterations": int(self.state["extension"]), "extended_for": list(self.state["extended_for"]),
+                  "extended_at": int(self.state["extended_at"])}
         if self.state.get("structure_at_best") is not None:
             result["structures_not_learned"] = self._not_learned()
         if not self.main:
@@ -421,7 +428,8 @@ class Trainer:
 
     def _initial_state(self) -> dict:
         """The counters of a new run (a checkpoint's state is laid over them on resume)."""
-        return {"iteration": 0, "elapsed": 0.0, "extension": 0, "extended_for": [], **self.stopping.initial_state()}
+        return {"iteration": 0, "elapsed": 0.0, "extension": 0, "extended_for": [], "extended_at": 0,
+                **self.stopping.initial_state()}
 
     def budget(self) -> int:
         """The run's iteration budget: ``max_iterations``, plus ``extend_iterations`` once extended."""
@@ -434,14 +442,21 @@ class Trainer:
         at_best = self.state.get("structure_at_best") or []
         return [name for name, d in zip(self._structure_names(), at_best) if 0 <= d <= self.tcfg.dice_floor]
 
+    def _extend_due(self) -> bool:
+        """True at a validation before the end of the budget from which a missing structure extends it
+        (``training.extend_from`` of ``max_iterations`` on; at the end :meth:`_loop` decides)."""
+        it, t = self.state["iteration"], self.tcfg
+        return float(t.extend_from) < 1.0 and it >= float(t.extend_from) * int(t.max_iterations) and it < self.budget()
+
     def _extend(self) -> bool:
-        """At the end of the budget: add ``training.extend_iterations`` once, where a structure was not
-        learned. Every rank decides alike (the state comes from rank 0). True when extended."""
+        """Add ``training.extend_iterations`` once, where a structure is not learned: at the end of the
+        budget, or earlier from ``training.extend_from`` of it on (the rate then stays higher for the
+        rest of the run). Every rank decides alike (the state comes from rank 0). True when extended."""
         extra = int(self.tcfg.extend_iterations)
         missing = self._not_learned()
         if extra <= 0 or self.state["extension"] or not missing:
             return False
-        self.state.update(extension=extra, extended_for=missing, bad_evals=0)  # patience counts afresh
+        self.state.update(extension=extra, extended_for=missing, extended_at=self.state["iteration"], bad_evals=0)  # patience counts afresh
         self.log.info("it %d: %s not learned; budget extended by %d iterations to %d, the decay with it",
                       self.state["iteration"], ", ".join(missing), extra, self.budget())
         return True
@@ -484,6 +499,8 @@ class Trainer:
                 with atomic_path(self.out / "model.pt") as tmp:
                     torch.save({"model": self.net.state_dict()}, tmp)
         stop, self.state = distributed.broadcast((stop, self.state))
+        if not stop and self._extend_due():
+            self._extend()  # before last.pt is written: a resumed run continues with the decision made
         self._save_last()
         return "early_stopping" if stop else None
 
@@ -514,7 +531,7 @@ def _without_budget(config: dict) -> dict:
     """A config minus what may change when a run is continued (budget, patience, description)."""
     cfg = {k: v for k, v in config.items() if k != "description"}
     cfg["training"] = {k: v for k, v in config.get("training", {}).items()
-                       if k not in ("max_iterations", "max_time_s", "patience", "min_iterations", "extend_iterations",
+                       if k not in ("max_iterations", "max_time_s", "patience", "min_iterations", "extend_iterations", "extend_from",
                                     *RETIRED["training"])}
     return cfg
 
