@@ -254,7 +254,8 @@ def test_extend_from_decides_at_the_first_validation_from_that_share_of_the_budg
     cfg.set_value("training.dice_floor=0.999")
     result = train(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
     assert result["iterations"] == 30 and result["extended_iterations"] == 10 and result["extended_at"] == 10
-    assert "it 10: " in (log := (tmp_path / "run" / "train.log").read_text()) and "extended by 10 iterations to 30" in log
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "it 10: " in log and "extended by 10 iterations to 30" in log
     assert pd.read_csv(tmp_path / "run" / "history.csv")["iteration"].tolist() == [5, 10, 15, 20, 25, 30]
 
 

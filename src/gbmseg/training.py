@@ -456,7 +456,8 @@ class Trainer:
         missing = self._not_learned()
         if extra <= 0 or self.state["extension"] or not missing:
             return False
-        self.state.update(extension=extra, extended_for=missing, extended_at=self.state["iteration"], bad_evals=0)  # patience counts afresh
+        self.state.update(extension=extra, extended_for=missing, extended_at=self.state["iteration"],
+                          bad_evals=0)  # patience counts afresh
         self.log.info("it %d: %s not learned; budget extended by %d iterations to %d, the decay with it",
                       self.state["iteration"], ", ".join(missing), extra, self.budget())
         return True
@@ -531,8 +532,8 @@ def _without_budget(config: dict) -> dict:
     """A config minus what may change when a run is continued (budget, patience, description)."""
     cfg = {k: v for k, v in config.items() if k != "description"}
     cfg["training"] = {k: v for k, v in config.get("training", {}).items()
-                       if k not in ("max_iterations", "max_time_s", "patience", "min_iterations", "extend_iterations", "extend_from",
-                                    *RETIRED["training"])}
+                       if k not in ("max_iterations", "max_time_s", "patience", "min_iterations", "extend_iterations",
+                                    "extend_from", *RETIRED["training"])}
     return cfg
 
 
