@@ -380,13 +380,7 @@ class Trainer:
         bar = tqdm(total=self.budget(), initial=self.state["iteration"], desc=f"train {self.mode}",
                    disable=not (self.progress and self.main), leave=False)
         with StopSignals() as signals:
-            while stop is None:
-                if self.state["iteration"] >= self.budget():
-                    if not self._extend():
-                        break
-                    bar.total = self.budget()
-                    bar.refresh()
-                    continue
+            while stop is None and self.state["iteration"] < self.budget():  # validations extend the budget
                 running.append(self.step())
                 bar.update(1)
                 out_of_time = time.time() - start > budget  # checked every iteration, validated once more
@@ -396,7 +390,7 @@ class Trainer:
                     bar.close()
                     self._interrupt(signals.received or signal.SIGTERM, start)
                 if self.state["iteration"] % interval == 0 or self.state["iteration"] == self.budget() or out_of_time:
-                    stop = self._after_interval(running, start) or ("time_budget" if out_of_time else None)
+                    stop = self._after_interval(running, start, out_of_time) or ("time_budget" if out_of_time else None)
                     running = []
                     bar.total = self.budget()
                     bar.set_postfix(val_dice=f"{self.state['best_dice']:.3f}")
@@ -442,16 +436,10 @@ class Trainer:
         at_best = self.state.get("structure_at_best") or []
         return [name for name, d in zip(self._structure_names(), at_best) if 0 <= d <= self.tcfg.dice_floor]
 
-    def _extend_due(self) -> bool:
-        """True at a validation before the end of the budget from which a missing structure extends it
-        (``training.extend_from`` of ``max_iterations`` on; at the end :meth:`_loop` decides)."""
-        it, t = self.state["iteration"], self.tcfg
-        return float(t.extend_from) < 1.0 and it >= float(t.extend_from) * int(t.max_iterations) and it < self.budget()
-
     def _extend(self) -> bool:
-        """Add ``training.extend_iterations`` once, where a structure is not learned: at the end of the
-        budget, or earlier from ``training.extend_from`` of it on (the rate then stays higher for the
-        rest of the run). Every rank decides alike (the state comes from rank 0). True when extended."""
+        """Add ``training.extend_iterations`` once, where a structure is not learned. Called at every
+        validation from ``training.extend_from`` of ``max_iterations`` on, the one at the end of the budget
+        included. Every rank decides alike (the state comes from rank 0). True when extended."""
         extra = int(self.tcfg.extend_iterations)
         missing = self._not_learned()
         if extra <= 0 or self.state["extension"] or not missing:
@@ -476,8 +464,9 @@ class Trainer:
         raise Interrupted(signum, f"{self.out}: stopped by {name} at iteration {it}; {self.out / 'last.pt'} "
                                   "written, run the same command again to resume")
 
-    def _after_interval(self, running: list[float], start: float) -> str | None:
-        """Validate (rank 0), record, keep the best model; every rank gets rank 0's state and decision."""
+    def _after_interval(self, running: list[float], start: float, ending: bool = False) -> str | None:
+        """Validate (rank 0), record, keep the best model; every rank gets rank 0's state and decision.
+        Unless the run ends here (early stopping, or ``ending``: out of time), decide the extension."""
         self.state["elapsed"] = time.time() - start
         stop = False
         if self.main:
@@ -500,7 +489,8 @@ class Trainer:
                 with atomic_path(self.out / "model.pt") as tmp:
                     torch.save({"model": self.net.state_dict()}, tmp)
         stop, self.state = distributed.broadcast((stop, self.state))
-        if not stop and self._extend_due():
+        decide_from = float(self.tcfg.extend_from) * int(self.tcfg.max_iterations)
+        if not (stop or ending) and self.state["iteration"] >= decide_from:
             self._extend()  # before last.pt is written: a resumed run continues with the decision made
         self._save_last()
         return "early_stopping" if stop else None
