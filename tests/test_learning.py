@@ -490,3 +490,69 @@ def test_mask_dropout_acts_only_where_the_mask_is_not_the_only_input(toy_cache, 
     cfg.set_value("training.mask_dropout=0.5")
     trainer = Trainer(cache, mode, ds.cases[:2], ds.cases[4:], cfg, tmp_path / "run", progress=False)
     assert (trainer.augment.mask_drop if trainer.augment is not None else 0.0) == expected
+
+
+def test_ema_keeps_the_moving_average_of_the_weights(toy_cache, tmp_path):
+    """With training.ema, the averaged weights after each step are d * before + (1 - d) * the step's weights."""
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import Trainer, ema_decay
+
+    ds, cache = toy_cache
+    trainer = Trainer(cache, "image", ds.cases[:4], ds.cases[4:], tiny_config(ema=0.9), tmp_path / "run",
+                      progress=False)
+    name = next(n for n, p in trainer.net.named_parameters() if p.dim() > 1)
+    weights = lambda net: dict(net.named_parameters())[name].detach().clone()
+    average = weights(trainer.net)
+    for k in range(4):
+        trainer.step()
+        d = ema_decay(0.9, k)  # the first update (k = 0) copies the weights: d = 0.9 would be wrong there
+        average = weights(trainer.net) if k == 0 else d * average + (1 - d) * weights(trainer.net)
+        assert torch.allclose(weights(trainer.kept_net()), average, atol=1e-6)
+    assert not torch.allclose(weights(trainer.kept_net()), weights(trainer.net))  # an average, not the weights
+
+
+@pytest.mark.parametrize("decay, averaged, expected", [(0.99, 0, 0.1), (0.99, 1, 2 / 11), (0.99, 80, 0.9),
+                                                     (0.99, 900, 0.99), (0.9, 100, 0.9), (0.5, 3, 4 / 13)])
+def test_ema_decay_warms_up_to_its_value(decay, averaged, expected):
+    from gbmseg.training import ema_decay
+
+    assert ema_decay(decay, averaged) == pytest.approx(expected)
+
+
+def test_ema_weights_are_what_model_pt_keeps_and_last_pt_resumes(toy_cache, tmp_path):
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import Trainer
+
+    ds, cache = toy_cache
+    cfg = tiny_config(ema=0.9, max_iterations=10, val_interval=5)
+    trainer = Trainer(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    for _ in range(5):
+        trainer.step()
+    trainer._after_interval([1.0], time.time())  # the first validation always improves on the start (-1)
+    kept = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"]
+    averaged, weights = trainer.ema.module.state_dict(), trainer.net.state_dict()
+    assert all(torch.equal(kept[k], averaged[k]) for k in kept)
+    assert any(not torch.equal(kept[k], weights[k]) for k in kept)  # not the last step's weights
+    resumed = Trainer(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
+    assert resumed._resume()
+    assert all(torch.equal(v, trainer.ema.state_dict()[k]) for k, v in resumed.ema.state_dict().items())
+
+
+def test_without_ema_validation_judges_the_network_itself(toy_cache, tmp_path):
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import Trainer
+
+    ds, cache = toy_cache
+    trainer = Trainer(cache, "image", ds.cases[:4], ds.cases[4:], tiny_config(), tmp_path / "run", progress=False)
+    assert trainer.ema is None and trainer.kept_net() is trainer.net
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, 1.5])
+def test_bad_ema_is_a_one_line_error(toy_cache, tmp_path, value):
+    from gbmseg.errors import GbmsegError
+    from gbmseg.testing import tiny_config
+    from gbmseg.training import train
+
+    ds, cache = toy_cache
+    with pytest.raises(GbmsegError, match=f"training.ema {value}"):
+        train(cache, "image", ds.cases[:4], ds.cases[4:], tiny_config(ema=value), tmp_path / "run", progress=False)
