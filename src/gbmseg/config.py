@@ -84,8 +84,6 @@ class TrainingConfig:
                                           # over the extended budget (gbmseg.training.Trainer)
     extend_from: float = 1.0              # share of max_iterations from which a validation that finds a structure not
                                           # learned extends the budget (1.0: only at max_iterations)
-    ema: float = 0.0                      # decay of an exponential moving average of the weights, updated every
-                                          # iteration; validated, kept and predicted with in their place (0: off)
 
 
 SECTIONS = {"preprocessing": PreprocessingConfig, "network": NetworkConfig, "training": TrainingConfig}

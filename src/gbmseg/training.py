@@ -19,9 +19,7 @@ extended run keeps more of its rate; a run that loses a structure later is still
 ``training.mirror``, the mirror plan (:mod:`gbmseg.mirror`) is made from the training cases and
 recorded in ``config.json``; validation then mirrors as prediction does, so that the checkpoint kept,
 early stopping and the structures reported as not learned judge the segmentations the model will
-deliver. With ``training.ema`` (a decay per iteration, such as 0.99), validation judges, ``model.pt``
-keeps and prediction uses an exponential moving average of the weights (PyTorch's
-``torch.optim.swa_utils.AveragedModel``) instead of the weights of the last step; ``last.pt`` holds both.
+deliver.
 
 A run directory holds everything about one training run::
 
@@ -56,7 +54,6 @@ import numpy as np
 import torch
 from monai.losses import DeepSupervisionLoss
 from monai.metrics import compute_dice
-from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from . import __version__
@@ -106,26 +103,6 @@ def learning_rate(t: TrainingConfig, iteration: int, budget: int | None = None) 
     if t.schedule == "poly":
         return t.lr * max(0.0, 1.0 - iteration / max(1, budget or t.max_iterations)) ** 0.9
     return t.lr
-
-
-def ema_decay(decay: float, averaged: int) -> float:
-    """The moving average's decay at its update number ``averaged + 1``: ``decay``, warmed up as timm's
-    model EMA does (``(1 + n) / (10 + n)`` while that is smaller), so that the first validations do not
-    judge mostly the initial weights.
-
-    >>> [round(ema_decay(0.99, n), 3) for n in (1, 10, 100, 1000)]
-    [0.182, 0.55, 0.918, 0.99]
-    """
-    return min(decay, (1 + averaged) / (10 + averaged))
-
-
-def ema_update(decay: float):
-    """``multi_avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel`: average <- d * average + (1 - d) *
-    weights with d = :func:`ema_decay` (the first update copies the weights)."""
-    def update(averaged_params, params, num_averaged):
-        d = ema_decay(decay, int(num_averaged))
-        torch._foreach_lerp_(averaged_params, params, 1.0 - d)
-    return update
 
 
 def case_tensors(data: dict, mode: str, spacing_xyz) -> dict[str, torch.Tensor]:
@@ -210,8 +187,6 @@ class Trainer:
             raise GbmsegError(f"training.extend_from {t.extend_from}: a share of max_iterations, above 0 and at most 1")
         if t.optimizer not in OPTIMIZERS:
             raise GbmsegError(f"training.optimizer '{t.optimizer}': choose {' or '.join(OPTIMIZERS)}")
-        if not 0.0 <= float(t.ema) < 1.0:
-            raise GbmsegError(f"training.ema {t.ema}: the moving average's decay per iteration, from 0 (off) to below 1")
         self.cache, self.mode, self.out = Path(cache), mode, Path(out_dir)
         self.tracker = make_tracker(track)  # before any work: a missing MLflow is a one-line error now
         self.cfg, self.tcfg, self.seed, self.progress = config, config.training, seed, progress
@@ -255,10 +230,6 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.opt = OPTIMIZERS[self.tcfg.optimizer](self.net.parameters(), self.tcfg.lr)
-        # with training.ema, torch's own moving average of the weights (buffers too) is what validation judges and
-        # model.pt keeps; the optimiser goes on updating the network itself
-        self.ema = (AveragedModel(self.net, multi_avg_fn=ema_update(float(self.tcfg.ema)), use_buffers=True)
-                    if self.tcfg.ema else None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = make_loss(self.tcfg.loss)
         # the training loss takes the network's output as it comes: one tensor, or with deep supervision a
@@ -299,8 +270,6 @@ class Trainer:
         ckpt = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict(), "state": dict(self.state),
                 "torch_rng": torch.get_rng_state(), "sampler_rng": self.gen.get_state()}
-        if self.ema is not None:
-            ckpt["ema"] = self.ema.state_dict()
         if self.world > 1:
             ckpt["rank_rng"] = rngs
         with atomic_path(self.out / "last.pt") as tmp:
@@ -313,11 +282,6 @@ class Trainer:
         ckpt = load_checkpoint(path, self.device, ("model", "optimizer", "scaler", "state", "torch_rng", "sampler_rng"),
                                hint="; delete it to start this run again")
         load_weights(self.net, ckpt["model"], path, "this run's config")
-        if self.ema is not None:
-            if "ema" not in ckpt:
-                raise GbmsegError(f"{path}: written without training.ema's moving average; delete it to start this "
-                                  "run again")
-            self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = {**self._initial_state(), **dict(ckpt["state"])}  # keys newer than the checkpoint: defaults
@@ -358,8 +322,6 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
-        if self.ema is not None:
-            self.ema.update_parameters(self.net)
         self.state["iteration"] += 1
         return float(loss.detach())
 
@@ -368,19 +330,18 @@ class Trainer:
         prediction does it (with the mirror plan, the mean of the crop's and its mirror image's class
         probabilities; the loss is the unmirrored prediction's); the Dice per structure goes to
         ``self.last_structure_dice``."""
-        net = self.kept_net()
-        net.eval()
+        self.net.eval()
         losses, per = [], []
         with torch.no_grad(), self._autocast():
             for case in self.val_data:
                 x = network_input(case, self.mode).to(self.device)
                 y = case["label"][None].long().to(self.device)
-                logits = predict_logits(net, x, self.patch).float()
+                logits = predict_logits(self.net, x, self.patch).float()
                 losses.append(float(self.loss_fn(logits, y)))
                 scores = logits if self.mirror is None else predict_probabilities(
-                    net, x, self.patch, self.mirror, logits=logits)
+                    self.net, x, self.patch, self.mirror, logits=logits)
                 per.append(structure_dice(scores.argmax(1, keepdim=True), y, self.n_classes))
-        net.train()
+        self.net.train()
         with warnings.catch_warnings():  # a structure absent from every validation case: NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             self.last_structure_dice = np.nanmean(np.stack(per), axis=0)
@@ -464,11 +425,6 @@ class Trainer:
         return {"iteration": 0, "elapsed": 0.0, "extension": 0, "extended_for": [], "extended_at": 0,
                 **self.stopping.initial_state()}
 
-    def kept_net(self) -> torch.nn.Module:
-        """The weights that validation judges and ``model.pt`` keeps: the moving average with ``training.ema``,
-        else the network itself."""
-        return self.net if self.ema is None else self.ema.module
-
     def budget(self) -> int:
         """The run's iteration budget: ``max_iterations``, plus ``extend_iterations`` once extended."""
         return int(self.tcfg.max_iterations) + int(self.state["extension"])
@@ -531,7 +487,7 @@ class Trainer:
                 self.state["structure_at_best"] = [float(d) for d in self.last_structure_dice]
                 self.state["time_to_best"] = row["wall_s"]
                 with atomic_path(self.out / "model.pt") as tmp:
-                    torch.save({"model": self.kept_net().state_dict()}, tmp)
+                    torch.save({"model": self.net.state_dict()}, tmp)
         stop, self.state = distributed.broadcast((stop, self.state))
         decide_from = float(self.tcfg.extend_from) * int(self.tcfg.max_iterations)
         if not (stop or ending) and self.state["iteration"] >= decide_from:
