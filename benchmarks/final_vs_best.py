@@ -17,11 +17,11 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from gbmseg.dataset import Dataset
 from gbmseg.evaluation import evaluate_case
 from gbmseg.io import read_image, read_json
+from gbmseg.network import load_checkpoint, load_weights
 from gbmseg.predict import load_model, predict_file
 
 
@@ -39,8 +39,8 @@ def main() -> None:
 def final_dice(job_dir: Path, ds: Dataset, cases: list[str]) -> dict[tuple[str, str], float]:
     """Dice per (case, structure) of a run's final weights (``last.pt``) on ``cases``."""
     model = load_model(job_dir / "train")
-    model.net.load_state_dict(torch.load(job_dir / "train" / "last.pt", map_location=model.device,
-                                         weights_only=False)["model"])
+    last = job_dir / "train" / "last.pt"
+    load_weights(model.net, load_checkpoint(last, model.device)["model"], last)
     dice = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:

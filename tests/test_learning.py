@@ -225,9 +225,10 @@ def test_a_structure_whose_validation_dice_never_rises_is_named_in_the_result(to
 
 
 def _never_learns(**training):
-    """The tiny config with a floor no 10-iteration run passes: every structure counts as not learned."""
+    """The tiny config (10 iterations unless given) with a floor no such run passes: every structure counts
+    as not learned."""
     from gbmseg.testing import tiny_config
-    cfg = tiny_config(max_iterations=10, val_interval=5, **training)
+    cfg = tiny_config(**{"max_iterations": 10, "val_interval": 5, **training})
     cfg.set_value("training.dice_floor=0.999")
     return cfg
 
@@ -246,12 +247,10 @@ def test_a_run_with_a_structure_not_learned_at_its_budget_is_extended_once(toy_c
 
 def test_extend_from_decides_at_the_first_validation_from_that_share_of_the_budget(toy_cache, tmp_path):
     """With extend_from 0.5 of 20 iterations the validation at 10 extends, not the one at 5 or the end."""
-    from gbmseg.testing import tiny_config
     from gbmseg.training import train
 
     ds, cache = toy_cache
-    cfg = tiny_config(max_iterations=20, val_interval=5, extend_iterations=10, extend_from=0.5)
-    cfg.set_value("training.dice_floor=0.999")
+    cfg = _never_learns(max_iterations=20, extend_iterations=10, extend_from=0.5)
     result = train(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
     assert result["iterations"] == 30 and result["extended_iterations"] == 10 and result["extended_at"] == 10
     log = (tmp_path / "run" / "train.log").read_text()
@@ -261,12 +260,10 @@ def test_extend_from_decides_at_the_first_validation_from_that_share_of_the_budg
 
 def test_an_early_decision_is_in_last_pt(toy_cache, tmp_path):
     """A run stopped right after the validation that extended it resumes extended."""
-    from gbmseg.testing import tiny_config
     from gbmseg.training import Trainer
 
     ds, cache = toy_cache
-    cfg = tiny_config(max_iterations=20, val_interval=5, extend_iterations=10, extend_from=0.5)
-    cfg.set_value("training.dice_floor=0.999")
+    cfg = _never_learns(max_iterations=20, extend_iterations=10, extend_from=0.5)
     trainer = Trainer(cache, "image", ds.cases[:4], ds.cases[4:], cfg, tmp_path / "run", progress=False)
     for _ in range(10):
         trainer.step()
